@@ -1,0 +1,97 @@
+"""The Backend protocol: the one interface through which analyses touch a model.
+
+Vocabulary used everywhere in neuro-scan:
+
+- A model has ``num_layers`` decoder layers, numbered 0..L-1.
+- The residual stream is observed at L+1 *boundaries*: boundary 0 is the embedding output
+  (the input of layer 0) and boundary i+1 is the output of layer i. Boundary L is the final
+  residual, before the final norm.
+- Skipping a layer means the stream passes through it unchanged (identity).
+- Resuming at layer k means running only layers k..L-1, starting from a given stream at
+  boundary k; with the baseline's own boundary-k stream this reproduces the full run exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+# layer index -> rows of the batch in which that layer is skipped (None: every row)
+LayerSkips = Mapping[int, torch.Tensor | None]
+
+
+@dataclass
+class TokenBatch:
+    """Right-padded token ids; ``lengths[i]`` real tokens in row i. Right padding keeps every
+    real token at its natural position, so no model needs position ids rebuilt."""
+
+    input_ids: torch.Tensor  # [B, T] long
+    attention_mask: torch.Tensor  # [B, T] long, 1 for real tokens
+    lengths: torch.Tensor  # [B] long
+
+    @property
+    def size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def repeat(self, times: int) -> TokenBatch:
+        """The same rows stacked ``times`` times (for several ablations in one forward)."""
+        return TokenBatch(self.input_ids.repeat(times, 1), self.attention_mask.repeat(times, 1),
+                          self.lengths.repeat(times))
+
+    def rows(self, index: torch.Tensor | slice) -> TokenBatch:
+        return TokenBatch(self.input_ids[index], self.attention_mask[index], self.lengths[index])
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a report records about the model under study."""
+
+    model_id: str
+    architecture: str
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+    num_heads: int
+    dtype: str
+    device: str
+    backend: str
+
+
+class Backend(Protocol):
+    """Everything an analysis may ask of a model. Implementations: transformers (this package)."""
+
+    info: ModelInfo
+
+    @property
+    def num_layers(self) -> int: ...
+
+    def tokenize(self, text: str, *, add_special_tokens: bool) -> list[int]: ...
+
+    def decode_token(self, token_id: int) -> str: ...
+
+    def make_batch(self, sequences: Sequence[Sequence[int]]) -> TokenBatch: ...
+
+    def run(
+        self,
+        batch: TokenBatch,
+        *,
+        skip: LayerSkips | None = None,
+        start_layer: int = 0,
+        start_stream: torch.Tensor | None = None,
+        capture: bool = False,
+    ) -> list[torch.Tensor | None]:
+        """Run the model on ``batch`` and return residual streams ([B, T, d] each).
+
+        With ``capture`` every boundary 0..L is returned (None for boundaries before
+        ``start_layer``); otherwise a one-element list holding boundary L only.
+        ``start_layer``/``start_stream`` resume from a stream at that boundary; ``skip``
+        passes the stream through the named layers unchanged (in the given rows).
+        """
+        ...
+
+    def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm + unembedding (the logit lens): residual [..., d] -> logits [..., V] in float32."""
+        ...

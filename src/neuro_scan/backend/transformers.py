@@ -1,0 +1,220 @@
+"""The transformers backend: hooks on a Hugging Face model's own decoder layers.
+
+We never re-implement a model's forward. Every run goes through the model's own base-model
+forward, so embeddings, position embeddings, attention masks (sliding windows included) and
+rotary tables are built exactly as the model builds them, and each layer receives exactly the
+arguments the model passes it. Around that forward we only:
+
+- record layer inputs/outputs (forward hooks) to capture the residual stream;
+- replace a layer's ``forward`` for the duration of one run, to pass the stream through
+  (skip) or to hand the layers after it a cached stream (resume).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from neuro_scan.backend.base import LayerSkips, ModelInfo, TokenBatch
+from neuro_scan.errors import UsageError
+
+# model_type -> (path of the decoder layer list, paths of the modules applied after the last layer)
+_LLAMA_LIKE = ("model.layers", ("model.norm",))
+ARCHITECTURES: dict[str, tuple[str, tuple[str, ...]]] = {
+    **{
+        name: _LLAMA_LIKE
+        for name in ("llama", "qwen2", "qwen3", "mistral", "mixtral", "gemma", "gemma2", "gemma3_text",
+                     "phi3", "olmo", "olmo2", "granite", "smollm3", "cohere", "stablelm")
+    },
+    "gpt2": ("transformer.h", ("transformer.ln_f",)),
+    "gpt_neox": ("gpt_neox.layers", ("gpt_neox.final_layer_norm",)),
+    "opt": ("model.decoder.layers", ("model.decoder.final_layer_norm", "model.decoder.project_out")),
+}
+
+
+def _submodule(model: nn.Module, path: str) -> nn.Module | None:
+    module: nn.Module | None = model
+    for part in path.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module
+
+
+def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+class TransformersBackend:
+    """A loaded Hugging Face causal LM behind the :class:`~neuro_scan.backend.base.Backend` protocol."""
+
+    def __init__(self, model: nn.Module, tokenizer, model_id: str):
+        model_type = model.config.model_type
+        if model_type not in ARCHITECTURES:
+            raise UsageError(
+                f"--model: architecture '{model_type}' is not supported; supported: {', '.join(sorted(ARCHITECTURES))}"
+            )
+        layers_path, final_paths = ARCHITECTURES[model_type]
+        layers = _submodule(model, layers_path)
+        if not isinstance(layers, nn.ModuleList):
+            raise UsageError(f"--model: could not find the decoder layers ({layers_path}) of this {model_type} model")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.layers: list[nn.Module] = list(layers)
+        self._base = model.base_model
+        self._final_modules = [m for m in (_submodule(model, p) for p in final_paths) if m is not None]
+        self._lm_head = model.get_output_embeddings()
+        self._softcap = getattr(model.config, "final_logit_softcapping", None)
+        param = next(model.parameters())
+        config = model.config
+        self.info = ModelInfo(
+            model_id=model_id,
+            architecture=model_type,
+            num_layers=len(self.layers),
+            hidden_size=int(config.hidden_size),
+            vocab_size=int(self._lm_head.weight.shape[0]),
+            num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
+            dtype=str(param.dtype).removeprefix("torch."),
+            device=str(param.device),
+            backend="transformers",
+        )
+        self.device = param.device
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._pad_id = int(pad if pad is not None else 0)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special_tokens: bool) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def decode_token(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+    def make_batch(self, sequences: Sequence[Sequence[int]]) -> TokenBatch:
+        width = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
+        lengths = mask.sum(dim=1)
+        return TokenBatch(ids.to(self.device), mask.to(self.device), lengths.to(self.device))
+
+    # -- running ----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def run(
+        self,
+        batch: TokenBatch,
+        *,
+        skip: LayerSkips | None = None,
+        start_layer: int = 0,
+        start_stream: torch.Tensor | None = None,
+        capture: bool = False,
+    ) -> list[torch.Tensor | None]:
+        num_layers = self.num_layers
+        if not 0 <= start_layer <= num_layers:
+            raise ValueError(f"start_layer must be in 0..{num_layers}")
+        if (start_layer > 0) != (start_stream is not None):
+            raise ValueError("start_stream is required exactly when start_layer > 0")
+        skip = dict(skip or {})
+        streams: list[torch.Tensor | None] = [None] * (num_layers + 1)
+        if start_stream is not None:
+            streams[start_layer] = start_stream
+
+        replacements: dict[int, Callable] = {j: (lambda *a, **k: start_stream) for j in range(start_layer)}
+        for j, rows in skip.items():
+            if j >= start_layer:
+                replacements[j] = self._skipping_forward(self.layers[j], rows)
+
+        def record(index: int):
+            def hook(_module, _args, output):
+                streams[index + 1] = output
+
+            return hook
+
+        def record_input(_module, args, kwargs):
+            streams[0] = _hidden_arg(args, kwargs)
+
+        with contextlib.ExitStack() as stack:
+            recorded = range(start_layer, num_layers) if capture else [num_layers - 1]
+            if start_layer < num_layers:
+                for j in recorded:
+                    stack.enter_context(_hook(self.layers[j].register_forward_hook(record(j))))
+                if capture and start_layer == 0:
+                    stack.enter_context(_hook(self.layers[0].register_forward_pre_hook(record_input, with_kwargs=True)))
+            stack.enter_context(_replaced_forwards(self.layers, replacements))
+            self._base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+
+        for stream in streams:
+            if stream is not None and not isinstance(stream, torch.Tensor):
+                raise UsageError(
+                    f"--model: {self.info.architecture} decoder layers return {type(stream).__name__}, "
+                    "not a tensor; this transformers version is not supported (need transformers>=5)"
+                )
+        return streams if capture else [streams[num_layers]]
+
+    @staticmethod
+    def _skipping_forward(layer: nn.Module, rows: torch.Tensor | None) -> Callable:
+        if rows is None:
+            return lambda *args, **kwargs: _hidden_arg(args, kwargs)
+        original = type(layer).forward.__get__(layer)
+        keep = rows.view(-1, 1, 1)
+
+        def forward(*args, **kwargs):
+            hidden = _hidden_arg(args, kwargs)
+            return torch.where(keep, hidden, original(*args, **kwargs))
+
+        return forward
+
+    @torch.inference_mode()
+    def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
+        for module in self._final_modules:
+            hidden = module(hidden)
+        logits = self._lm_head(hidden).float()
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return logits
+
+
+@contextlib.contextmanager
+def _hook(handle) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def _replaced_forwards(layers: list[nn.Module], replacements: dict[int, Callable]) -> Iterator[None]:
+    """Give some layers another ``forward`` for one run (nn.Module.__call__ looks up the
+    instance attribute first), and always restore the class's own forward afterwards."""
+    try:
+        for index, forward in replacements.items():
+            layers[index].forward = forward
+        yield
+    finally:
+        for index in replacements:
+            layers[index].__dict__.pop("forward", None)
+
+
+def open_backend(model: str, *, backend: str = "transformers", dtype: str = "auto", device: str = "auto"):
+    """``--model/--backend/--dtype/--device`` -> a ready backend."""
+    from neuro_scan.backend.loading import load_model, resolve_device, resolve_dtype, resolve_source
+
+    if backend == "exllamav2":
+        raise UsageError("--backend: exllamav2 is not available in this version; use --backend transformers")
+    if backend != "transformers":
+        raise UsageError(f"--backend: '{backend}' is not one of transformers, exllamav2")
+    source = resolve_source(model)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    loaded, tokenizer = load_model(source, torch_dtype, torch_device)
+    return TransformersBackend(loaded, tokenizer, source.display_name)
