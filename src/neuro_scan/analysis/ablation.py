@@ -1,0 +1,103 @@
+"""Single-layer ablation: skip each layer in turn and measure the damage to the probe score.
+
+damage = baseline score - ablated score (mean answer log-prob, nats): positive means the layer
+helped. Layers are ranked by damage, never by its absolute value; a layer whose removal
+improves the score is listed separately.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from neuro_scan.engine import Engine, Progress
+from neuro_scan.scoring import Interval, SampleScores, bootstrap_means
+
+
+@dataclass
+class ProbeScore:
+    score: Interval  # mean answer log-prob
+    accuracy: Interval
+    log_odds: float
+    expected_digit: float | None
+
+
+@dataclass
+class LayerAblation:
+    layer: int
+    score: float
+    damage: Interval  # baseline - ablated, paired over samples
+    accuracy: float
+    accuracy_drop: Interval
+    log_odds: float
+    expected_digit: float | None
+
+    @property
+    def significant_damage(self) -> bool:
+        return self.damage.low > 0
+
+    @property
+    def significant_gain(self) -> bool:
+        return self.damage.high < 0
+
+
+@dataclass
+class AblationResult:
+    baseline: ProbeScore
+    layers: list[LayerAblation]
+    important_layers: list[int]  # layers whose removal does significant damage, most damaging first
+    improving_layers: list[int]  # layers whose removal significantly improves the score
+    ranked_layers: list[int]  # every layer, most damaging first
+    seconds: float
+    ablated_logprob: np.ndarray  # [L, S] per-sample answer log-prob with each layer skipped
+
+    def top_layers(self, k: int) -> list[int]:
+        """The k most damaging layers; significant ones first, then the rest by damage."""
+        significant = self.important_layers[:k]
+        rest = [layer for layer in self.ranked_layers if layer not in significant and self.layers[layer].damage.mean > 0]
+        return significant + rest[: k - len(significant)]
+
+
+def summarize(scores: SampleScores, seed: int) -> ProbeScore:
+    score, accuracy = bootstrap_means(np.stack([scores.answer_logprob, scores.correct.astype(float)]), seed)
+    digit = float(scores.expected_digit.mean()) if scores.expected_digit is not None else None
+    return ProbeScore(score=score, accuracy=accuracy, log_odds=scores.log_odds, expected_digit=digit)
+
+
+def layer_ablations(baseline: SampleScores, ablated: list[SampleScores], seed: int) -> list[LayerAblation]:
+    """Per-layer results, with damage intervals paired over the same samples."""
+    damage = np.stack([baseline.answer_logprob - a.answer_logprob for a in ablated])
+    accuracy_drop = np.stack([baseline.correct.astype(float) - a.correct.astype(float) for a in ablated])
+    damage_ci = bootstrap_means(damage, seed)
+    drop_ci = bootstrap_means(accuracy_drop, seed)
+    return [
+        LayerAblation(
+            layer=i,
+            score=a.score,
+            damage=damage_ci[i],
+            accuracy=a.accuracy,
+            accuracy_drop=drop_ci[i],
+            log_odds=a.log_odds,
+            expected_digit=float(a.expected_digit.mean()) if a.expected_digit is not None else None,
+        )
+        for i, a in enumerate(ablated)
+    ]
+
+
+def run_ablation(engine: Engine, seed: int, progress: Progress | None = None) -> AblationResult:
+    started = time.perf_counter()
+    configurations = [frozenset({layer}) for layer in range(engine.num_layers)]
+    ablated = engine.skip_scan(configurations, progress)
+    layers = layer_ablations(engine.baseline, ablated, seed)
+    ranked = sorted(range(len(layers)), key=lambda i: -layers[i].damage.mean)
+    return AblationResult(
+        baseline=summarize(engine.baseline, seed),
+        layers=layers,
+        important_layers=[i for i in ranked if layers[i].significant_damage],
+        improving_layers=[i for i in reversed(ranked) if layers[i].significant_gain],
+        ranked_layers=ranked,
+        seconds=time.perf_counter() - started,
+        ablated_logprob=np.stack([a.answer_logprob for a in ablated]),
+    )

@@ -1,0 +1,226 @@
+"""Teacher-forced scoring of probe answers, and bootstrap confidence intervals.
+
+No generation: each answer (or each choice) is appended to its prompt and the model's
+log-probability of the answer tokens is read off one forward pass.
+
+- answer_logprob: sum of the log-probabilities of the answer's tokens (nats).
+- correct: every answer token is the argmax; for multiple choice, the answer is the most
+  probable choice.
+- probe score: the mean answer log-prob over samples.
+
+Rows and positions: a sample whose continuations are all single tokens needs one row (the
+prompt) and one position (the prompt's last token), where every choice is read; otherwise each
+continuation gets its own row ``prompt + continuation[:-1]`` and is read at the last
+``len(continuation)`` positions. The (row, position) pairs where logits are needed are
+gathered before the unembedding, so the vocabulary projection runs only there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from neuro_scan.backend.base import Backend
+from neuro_scan.errors import UsageError
+from neuro_scan.probes import Probe
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+@dataclass
+class ScoringPlan:
+    """A probe turned into token rows and the positions/tokens to read."""
+
+    sequences: list[list[int]]  # one token row each, unpadded
+    pair_rows: torch.Tensor  # [N] row of each read position
+    pair_cols: torch.Tensor  # [N] column (position) of each read position
+    token_pair: torch.Tensor  # [M] which read position predicts each scored token
+    token_ids: torch.Tensor  # [M] the scored token
+    token_target: torch.Tensor  # [M] which target (sample x continuation) the token belongs to
+    answer_target: torch.Tensor  # [S] the answer's target per sample
+    choice_targets: list[list[int]]  # per sample: its choices' targets ([] without choices)
+    first_answer_pair: torch.Tensor  # [S] read position predicting the answer's first token
+    first_answer_token: torch.Tensor  # [S] the answer's first token
+    digit_scoring: bool
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.answer_target.shape[0])
+
+    @property
+    def num_targets(self) -> int:
+        return int(self.token_target.max()) + 1
+
+
+@dataclass
+class SampleScores:
+    """Per-sample outcomes of one run (arrays of length S)."""
+
+    answer_logprob: np.ndarray
+    correct: np.ndarray
+    expected_digit: np.ndarray | None = None
+
+    @property
+    def score(self) -> float:
+        return float(self.answer_logprob.mean())
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean())
+
+    @property
+    def log_odds(self) -> float:
+        return float(np.mean(answer_log_odds(self.answer_logprob)))
+
+
+def answer_log_odds(logprob: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) of the answer's probability, from its log-probability (stable near p = 1)."""
+    logprob = np.minimum(logprob, -1e-12)
+    return logprob - np.log(-np.expm1(logprob))
+
+
+def build_plan(probe: Probe, backend: Backend) -> ScoringPlan:
+    sequences: list[list[int]] = []
+    pairs: dict[tuple[int, int], int] = {}
+    token_pair: list[int] = []
+    token_ids: list[int] = []
+    token_target: list[int] = []
+    answer_target: list[int] = []
+    choice_targets: list[list[int]] = []
+    first_answer_pair: list[int] = []
+    first_answer_token: list[int] = []
+
+    next_target = 0
+
+    def pair(row: int, col: int) -> int:
+        return pairs.setdefault((row, col), len(pairs))
+
+    for index, sample in enumerate(probe.samples):
+        prompt_ids = backend.tokenize(sample.prompt, add_special_tokens=True)
+        continuations = list(sample.choices) if sample.choices else [sample.answer]
+        cont_ids = [backend.tokenize(c, add_special_tokens=False) for c in continuations]
+        for text, ids in zip(continuations, cont_ids):
+            if not ids:
+                raise UsageError(f"probe {probe.name}: sample {index}: continuation {text!r} has no tokens")
+        if not prompt_ids:
+            raise UsageError(f"probe {probe.name}: sample {index}: the prompt has no tokens")
+        single_row = all(len(ids) == 1 for ids in cont_ids)
+        if single_row:
+            sequences.append(prompt_ids)
+            shared_row = len(sequences) - 1
+        targets = []
+        for ids in cont_ids:
+            target, next_target = next_target, next_target + 1
+            if single_row:
+                row = shared_row
+            else:
+                sequences.append(prompt_ids + ids[:-1])
+                row = len(sequences) - 1
+            for offset, token in enumerate(ids):
+                token_pair.append(pair(row, len(prompt_ids) - 1 + offset))
+                token_ids.append(token)
+                token_target.append(target)
+            targets.append(target)
+        answer_index = continuations.index(sample.answer)
+        answer_target.append(targets[answer_index])
+        choice_targets.append(targets if sample.choices else [])
+        first = token_target.index(targets[answer_index])
+        first_answer_pair.append(token_pair[first])
+        first_answer_token.append(token_ids[first])
+
+    ordered = sorted(pairs.items(), key=lambda item: item[1])
+    return ScoringPlan(
+        sequences=sequences,
+        pair_rows=torch.tensor([rc[0] for rc, _ in ordered]),
+        pair_cols=torch.tensor([rc[1] for rc, _ in ordered]),
+        token_pair=torch.tensor(token_pair),
+        token_ids=torch.tensor(token_ids),
+        token_target=torch.tensor(token_target),
+        answer_target=torch.tensor(answer_target),
+        choice_targets=choice_targets,
+        first_answer_pair=torch.tensor(first_answer_pair),
+        first_answer_token=torch.tensor(first_answer_token),
+        digit_scoring=probe.digit_scoring,
+    )
+
+
+def score_logits(plan: ScoringPlan, logits: torch.Tensor) -> SampleScores:
+    """Scores from logits at the plan's read positions ([N, V], float32)."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    token_lp = logprobs[plan.token_pair, plan.token_ids].double()
+    token_top = logits.argmax(dim=-1)[plan.token_pair] == plan.token_ids
+    num_targets = plan.num_targets
+    target_lp = torch.zeros(num_targets, dtype=torch.float64).index_add_(0, plan.token_target, token_lp)
+    target_misses = torch.zeros(num_targets, dtype=torch.long).index_add_(0, plan.token_target, (~token_top).long())
+    answer_lp = target_lp[plan.answer_target]
+    correct = target_misses[plan.answer_target] == 0
+    digits = []
+    for sample, targets in enumerate(plan.choice_targets):
+        if targets:
+            choice_lp = target_lp[targets]
+            correct[sample] = bool(choice_lp.argmax() == targets.index(int(plan.answer_target[sample])))
+            if plan.digit_scoring:
+                weights = torch.softmax(choice_lp, dim=0)
+                digits.append(float((weights * torch.arange(len(targets), dtype=torch.float64)).sum()))
+    return SampleScores(
+        answer_logprob=answer_lp.numpy(),
+        correct=correct.numpy(),
+        expected_digit=np.array(digits) if plan.digit_scoring else None,
+    )
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A bootstrap estimate: the mean, its 95% percentile interval and its standard error."""
+
+    mean: float
+    low: float
+    high: float
+    stderr: float
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+    def as_list(self) -> list[float]:
+        return [self.low, self.high]
+
+
+def bootstrap_means(values: np.ndarray, seed: int, resamples: int = BOOTSTRAP_RESAMPLES) -> list[Interval]:
+    """Intervals for the mean over the last axis of ``values`` ([..., S] -> one Interval per row).
+
+    Every row is resampled with the same sample indices, so paired differences across rows
+    (e.g. layers) stay paired.
+    """
+    values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    num_samples = values.shape[-1]
+    index = np.random.default_rng(seed).integers(0, num_samples, size=(resamples, num_samples))
+    means = values[:, index].mean(axis=-1)  # [rows, resamples]
+    low, high = np.percentile(means, [2.5, 97.5], axis=-1)
+    return [
+        Interval(float(m), float(lo), float(hi), float(se))
+        for m, lo, hi, se in zip(values.mean(axis=-1), low, high, means.std(axis=-1))
+    ]
+
+
+def split_rows(num_rows: int, batch_size: int) -> list[slice]:
+    return [slice(start, min(start + batch_size, num_rows)) for start in range(0, num_rows, batch_size)]
+
+
+def pairs_in(plan: ScoringPlan, rows: slice) -> torch.Tensor:
+    """Indices of the read positions that lie in a contiguous block of rows."""
+    return torch.nonzero((plan.pair_rows >= rows.start) & (plan.pair_rows < rows.stop)).flatten()
+
+
+def gather_pairs(stream: torch.Tensor, plan: ScoringPlan, rows: slice, pair_index: Sequence[int] | torch.Tensor,
+                 copies: int = 1) -> torch.Tensor:
+    """Hidden states at read positions of a row block; with ``copies`` stacked blocks ([copies, n, d])."""
+    block = rows.stop - rows.start
+    local_rows = plan.pair_rows[pair_index] - rows.start
+    cols = plan.pair_cols[pair_index]
+    offsets = torch.arange(copies).view(-1, 1) * block
+    device = stream.device
+    return stream[(local_rows + offsets).to(device), cols.to(device).expand(copies, -1)]

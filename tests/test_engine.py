@@ -1,0 +1,84 @@
+"""The fast ablation engine equals the naive computation, on tiny models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from neuro_scan.analysis.ablation import run_ablation
+from neuro_scan.backend.transformers import TransformersBackend
+from neuro_scan.engine import Engine
+from neuro_scan.probes import Probe, Sample
+from tiny_models import tiny_model, tiny_tokenizer
+
+PROBE = Probe(
+    name="tiny",
+    description="mixed single- and multi-token answers, with and without choices",
+    samples=(
+        Sample("abc", "d"),
+        Sample("hello wor", "ld"),
+        Sample("1+1=", "2", choices=("1", "2", "3")),
+        Sample("xy", "zz", choices=("zz", "ab")),
+        Sample("the cat", " sat"),
+    ),
+)
+
+
+def naive_answer_logprobs(backend, probe, skip=frozenset()):
+    """One full forward per sample and continuation at batch 1, full logits, no caching."""
+    out, correct = [], []
+    for sample in probe.samples:
+        prompt = backend.tokenize(sample.prompt, add_special_tokens=True)
+        conts = sample.choices or (sample.answer,)
+        lps = {}
+        all_top = {}
+        for cont in conts:
+            ids = backend.tokenize(cont, add_special_tokens=False)
+            seq = torch.tensor([prompt + ids])
+            with torch.no_grad():
+                stream = backend.run(backend.make_batch([prompt + ids]), skip={j: None for j in skip})[0]
+                logits = backend.unembed(stream)[0]
+            lp = torch.log_softmax(logits, -1)
+            positions = range(len(prompt) - 1, len(prompt) - 1 + len(ids))
+            lps[cont] = sum(float(lp[p, t]) for p, t in zip(positions, ids))
+            all_top[cont] = all(int(logits[p].argmax()) == t for p, t in zip(positions, ids))
+            del seq
+        out.append(lps[sample.answer])
+        correct.append(max(lps, key=lps.get) == sample.answer if sample.choices else all_top[sample.answer])
+    return np.array(out), np.array(correct)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "gemma3_text"])
+@pytest.mark.parametrize("batch_size", [2, 64])
+def test_fast_scan_equals_naive_per_layer_forwards(model_type, batch_size):
+    backend = TransformersBackend(tiny_model(model_type), tiny_tokenizer(), model_type)
+    engine = Engine(backend, PROBE, batch_size=batch_size)
+    base_lp, base_correct = naive_answer_logprobs(backend, PROBE)
+    np.testing.assert_allclose(engine.baseline.answer_logprob, base_lp, atol=1e-4)
+    assert (engine.baseline.correct == base_correct).all()
+    result = run_ablation(engine, seed=0)
+    for layer in range(backend.num_layers):
+        lp, correct = naive_answer_logprobs(backend, PROBE, frozenset({layer}))
+        np.testing.assert_allclose(result.ablated_logprob[layer], lp, atol=1e-4)
+        assert result.layers[layer].accuracy == pytest.approx(correct.mean())
+        assert result.layers[layer].damage.mean == pytest.approx(float((base_lp - lp).mean()), abs=1e-4)
+
+
+def test_pair_skips_equal_naive():
+    backend = TransformersBackend(tiny_model("llama"), tiny_tokenizer(), "llama")
+    engine = Engine(backend, PROBE, batch_size=64)
+    configs = [frozenset({0, 2}), frozenset({1, 3}), frozenset({2, 3}), frozenset({0, 1})]
+    scores = engine.skip_scan(configs)
+    for config, got in zip(configs, scores):
+        lp, _ = naive_answer_logprobs(backend, PROBE, config)
+        np.testing.assert_allclose(got.answer_logprob, lp, atol=1e-4)
+
+
+def test_ablating_nothing_equals_baseline():
+    backend = TransformersBackend(tiny_model("llama"), tiny_tokenizer(), "llama")
+    engine = Engine(backend, PROBE, batch_size=64)
+    alone, mixed, _ = engine.skip_scan([frozenset()]) + engine.skip_scan([frozenset(), frozenset({1})])
+    np.testing.assert_array_equal(alone.answer_logprob, engine.baseline.answer_logprob)
+    np.testing.assert_allclose(mixed.answer_logprob, engine.baseline.answer_logprob, atol=1e-5)
+    np.testing.assert_allclose(naive_answer_logprobs(backend, PROBE)[0], engine.baseline.answer_logprob, atol=1e-4)
