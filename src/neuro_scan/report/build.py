@@ -1,0 +1,206 @@
+"""Result dataclasses -> the report.json dictionary and ablation.csv rows.
+
+report.json keeps every key of the reference tool's report (so ``layer-scan annotate`` and
+other consumers keep working: ``layer_labels`` is an object with a string key per layer,
+``top_important_layers`` a list of ints) and adds ours.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from neuro_scan import __version__
+from neuro_scan.analysis.ablation import AblationResult, ProbeScore
+from neuro_scan.analysis.labels import LayerLabel
+from neuro_scan.analysis.lens import LensResult
+from neuro_scan.backend.base import ModelInfo
+from neuro_scan.probes import Probe
+
+REPORT_FORMAT = "neuro-scan-report/1"
+CSV_COLUMNS = [
+    # the reference's columns, in its order
+    "layer_idx", "score", "score_delta", "uncertainty", "log_odds", "accuracy", "label",
+    # ours
+    "score_delta_ci_low", "score_delta_ci_high", "significant", "accuracy_drop", "accuracy_drop_ci_low",
+    "accuracy_drop_ci_high", "expected_digit", "block_influence", "lens_answer_prob", "lens_answer_rank",
+]
+
+
+@dataclass
+class RunInfo:
+    """What every report records about how it was made."""
+
+    model: ModelInfo
+    probe: Probe
+    seed: int
+    batch_size: int
+    top_k: int
+    timings: dict[str, float] = field(default_factory=dict)
+    lens_file: str | None = None
+
+
+def header(run: RunInfo, command: str) -> dict:
+    probe = run.probe
+    return {
+        "format": REPORT_FORMAT,
+        "command": command,
+        "tool": {"name": "neuro-scan", "version": __version__},
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": run.model.model_id,
+        "probe": probe.name,
+        "total_layers": run.model.num_layers,
+        "model_info": vars(run.model).copy(),
+        "dtype": run.model.dtype,
+        "device": run.model.device,
+        "backend": run.model.backend,
+        "probe_info": {"name": probe.name, "source": probe.source, "description": probe.description,
+                       "answer_type": probe.answer_type},
+        "sample_count": len(probe.samples),
+        "seed": run.seed,
+        "batch_size": run.batch_size,
+        "timings": {k: round(v, 3) for k, v in run.timings.items()},
+    }
+
+
+def probe_score(score: ProbeScore) -> dict:
+    return {
+        "score": score.score.mean,
+        "score_ci": score.score.as_list(),
+        "score_stderr": score.score.stderr,
+        "accuracy": score.accuracy.mean,
+        "accuracy_ci": score.accuracy.as_list(),
+        "log_odds": score.log_odds,
+        "expected_digit": score.expected_digit,
+    }
+
+
+def ablation_rows(ablation: AblationResult) -> list[dict]:
+    return [
+        {
+            "layer_idx": layer.layer,
+            "score": layer.score,
+            "score_delta": layer.damage.mean,
+            "uncertainty": layer.damage.stderr,
+            "log_odds": layer.log_odds,
+            "accuracy": layer.accuracy,
+            "score_delta_ci": layer.damage.as_list(),
+            "significant": layer.significant_damage or layer.significant_gain,
+            "accuracy_drop": layer.accuracy_drop.mean,
+            "accuracy_drop_ci": layer.accuracy_drop.as_list(),
+            "expected_digit": layer.expected_digit,
+        }
+        for layer in ablation.layers
+    ]
+
+
+def ablation_section(ablation: AblationResult, top_k: int) -> dict:
+    return {
+        "baseline_score": ablation.baseline.score.mean,
+        "baseline_uncertainty": ablation.baseline.score.stderr,
+        "scan_time_seconds": round(ablation.seconds, 3),
+        "ablation_results": ablation_rows(ablation),
+        "top_important_layers": [int(i) for i in ablation.top_layers(top_k)],
+        "baseline": probe_score(ablation.baseline),
+        "score_definition": "mean teacher-forced log-probability of the answer (nats); "
+                            "score_delta = baseline - ablated (positive: removing the layer hurts)",
+        "significantly_important_layers": [int(i) for i in ablation.important_layers],
+        "improving_layers": [int(i) for i in ablation.improving_layers],
+        "ranked_layers": [int(i) for i in ablation.ranked_layers],
+    }
+
+
+def lens_trajectory(lens: LensResult) -> list[list[dict]]:
+    """The reference's ``logit_lens_trajectory``: [sample][layer] objects."""
+    samples = len(lens.answer_tokens)
+    return [
+        [
+            {
+                "layer_idx": layer.layer,
+                "top_token": layer.top_tokens[s][0],
+                "top_token_prob": float(layer.top_probs[s, 0]),
+                "target_token_prob": float(layer.answer_prob[s]),
+                "target_token_rank": int(layer.answer_rank[s]),
+                "entropy": float(layer.entropy_bits[s]),
+                "kl_to_final_bits": float(layer.kl_to_final_bits[s]),
+                "top_k": [[tok, float(p)] for tok, p in zip(layer.top_tokens[s], layer.top_probs[s])],
+            }
+            for layer in lens.layers
+        ]
+        for s in range(samples)
+    ]
+
+
+def lens_summary(lens: LensResult) -> dict:
+    return {
+        "lens": lens.lens,
+        "position": "each sample's first answer position (the prediction of the answer's first token)",
+        "entropy_unit": "bits",
+        "answer_tokens": lens.answer_tokens,
+        "emergence_layer": lens.probe_emergence,
+        "emergence_definition": "first layer from which the answer stays top-1 to the last layer for at least half the samples",
+        "per_sample_emergence": lens.emergence,
+        "per_sample_prob_emergence": lens.prob_emergence,
+        "prob_emergence_threshold": lens.emergence_prob_threshold,
+        "mean_answer_prob": [float(np.mean(layer.answer_prob)) for layer in lens.layers],
+        "mean_entropy_bits": [float(np.mean(layer.entropy_bits)) for layer in lens.layers],
+        "mean_kl_to_final_bits": [float(np.mean(layer.kl_to_final_bits)) for layer in lens.layers],
+        "top1_fraction": [float(np.mean(layer.answer_rank == 0)) for layer in lens.layers],
+    }
+
+
+def labels_section(labels: list[LayerLabel]) -> dict:
+    return {
+        "layer_labels": {str(lab.layer): lab.label for lab in labels},
+        "layer_label_details": {str(lab.layer): {"label": lab.label, "reason": lab.reason, "signals": lab.signals}
+                                for lab in labels},
+    }
+
+
+def map_report(run: RunInfo, ablation: AblationResult, lens: LensResult, block_influence: list[float],
+               labels: list[LayerLabel]) -> dict:
+    report = header(run, "map")
+    report.update(ablation_section(ablation, run.top_k))
+    report.update(labels_section(labels))
+    report["logit_lens_trajectory"] = lens_trajectory(lens)
+    report["logit_lens"] = lens_summary(lens)
+    report["tuned_lens_file"] = run.lens_file
+    report["attention_entropy"] = None
+    report["attention_entropy_reason"] = "not computed: attention entropy is not implemented in this version"
+    report["block_influence"] = block_influence
+    report["block_influence_definition"] = "1 - cos(layer input, layer output), mean over every non-pad probe token"
+    return report
+
+
+def ablation_report(run: RunInfo, ablation: AblationResult) -> dict:
+    report = header(run, "ablate")
+    report.update(ablation_section(ablation, run.top_k))
+    return report
+
+
+def csv_rows(report: dict) -> list[dict]:
+    labels = report.get("layer_labels", {})
+    bi = report.get("block_influence") or []
+    trajectory = report.get("logit_lens_trajectory") or []
+    rows = []
+    for entry in report["ablation_results"]:
+        layer = entry["layer_idx"]
+        lens_probs = [sample[layer]["target_token_prob"] for sample in trajectory]
+        lens_ranks = [sample[layer]["target_token_rank"] for sample in trajectory]
+        rows.append({
+            **{k: entry[k] for k in ("layer_idx", "score", "score_delta", "uncertainty", "log_odds", "accuracy")},
+            "label": labels.get(str(layer), ""),
+            "score_delta_ci_low": entry["score_delta_ci"][0],
+            "score_delta_ci_high": entry["score_delta_ci"][1],
+            "significant": entry["significant"],
+            "accuracy_drop": entry["accuracy_drop"],
+            "accuracy_drop_ci_low": entry["accuracy_drop_ci"][0],
+            "accuracy_drop_ci_high": entry["accuracy_drop_ci"][1],
+            "expected_digit": entry["expected_digit"],
+            "block_influence": bi[layer] if layer < len(bi) else None,
+            "lens_answer_prob": float(np.mean(lens_probs)) if lens_probs else None,
+            "lens_answer_rank": float(np.median(lens_ranks)) if lens_ranks else None,
+        })
+    return rows
