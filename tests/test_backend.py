@@ -122,3 +122,46 @@ def test_unsupported_architecture_is_a_usage_error():
     model = AutoModelForCausalLM.from_config(config)
     with pytest.raises(UsageError, match="architecture 'bloom' is not supported"):
         TransformersBackend(model, tiny_tokenizer(), "tiny-bloom")
+
+
+def duplicate_block(model, model_type: str, first: int, stop: int):
+    """An independent model whose module list really holds layers first..stop-1 twice."""
+    from torch import nn
+
+    grown = copy.deepcopy(model)
+    layers_path = ARCHITECTURES[model_type][0]
+    *parent_path, name = layers_path.split(".")
+    parent = grown
+    for part in parent_path:
+        parent = getattr(parent, part)
+    layers = list(getattr(parent, name))
+    order = list(range(stop)) + list(range(first, len(layers)))
+    setattr(parent, name, nn.ModuleList([layers[i] for i in order]))
+    grown.config.num_hidden_layers = len(order)
+    if getattr(grown.config, "layer_types", None):
+        grown.config.layer_types = [model.config.layer_types[i] for i in order]
+    return grown
+
+
+@pytest.mark.parametrize("model_type", ARCHS)
+@pytest.mark.parametrize("block", [(1, 3), (0, 4), (2, 3)])
+def test_repeated_block_equals_model_with_duplicated_layers(model_type, block):
+    backend = make_backend(model_type)
+    batch = backend.make_batch(SEQUENCES)
+    repeated = backend.unembed(backend.run(batch, repeat=block)[0])
+    grown = duplicate_block(backend.model, model_type, *block)
+    expected = grown(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    for row in range(batch.size):
+        real = real_positions(batch, row)
+        assert torch.allclose(repeated[row, real], expected[row, real], atol=TOL, rtol=0)
+    assert (repeated - backend.unembed(backend.run(batch)[0])).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
+def test_repeated_block_resumed_from_cache_equals_full(model_type):
+    backend = make_backend(model_type)
+    batch = backend.make_batch(SEQUENCES)
+    baseline = backend.run(batch, capture=True)
+    full = backend.run(batch, repeat=(1, 3))[0]
+    resumed = backend.run(batch, repeat=(1, 3), start_layer=3, start_stream=baseline[3])[0]
+    assert (full - resumed).abs().max() <= TOL

@@ -82,6 +82,7 @@ class Backend(Protocol):
         start_layer: int = 0,
         start_stream: torch.Tensor | None = None,
         capture: bool = False,
+        repeat: tuple[int, int] | None = None,
     ) -> list[torch.Tensor | None]:
         """Run the model on ``batch`` and return residual streams ([B, T, d] each).
 
@@ -89,6 +90,8 @@ class Backend(Protocol):
         ``start_layer``); otherwise a one-element list holding boundary L only.
         ``start_layer``/``start_stream`` resume from a stream at that boundary; ``skip``
         passes the stream through the named layers unchanged (in the given rows).
+        ``repeat=(i, j)`` runs layers i..j-1 a second time right after layer j-1 (layer
+        duplication: execution order 0..j-1, i..L-1), without ``capture``.
         """
         ...
 

@@ -118,6 +118,7 @@ class TransformersBackend:
         start_layer: int = 0,
         start_stream: torch.Tensor | None = None,
         capture: bool = False,
+        repeat: tuple[int, int] | None = None,
     ) -> list[torch.Tensor | None]:
         num_layers = self.num_layers
         if not 0 <= start_layer <= num_layers:
@@ -144,6 +145,10 @@ class TransformersBackend:
             streams[0] = _hidden_arg(args, kwargs)
 
         with contextlib.ExitStack() as stack:
+            if repeat is not None:
+                if capture:
+                    raise ValueError("capture is not defined for a run with a repeated block")
+                self._repeat_block(repeat, replacements, stack)
             recorded = range(start_layer, num_layers) if capture else [num_layers - 1]
             if start_layer < num_layers:
                 for j in recorded:
@@ -160,6 +165,36 @@ class TransformersBackend:
                     "not a tensor; this transformers version is not supported (need transformers>=5)"
                 )
         return streams if capture else [streams[num_layers]]
+
+    def _repeat_block(self, block: tuple[int, int], replacements: dict[int, Callable], stack: contextlib.ExitStack) -> None:
+        """Run layers first..stop-1 a second time right after layer stop-1 (the execution order
+        0..stop-1, first..L-1 of layer duplication in layer-scan and mergekit passthrough).
+        The second pass gives each layer the very arguments the model passed it the first time."""
+        first, stop = block
+        if not 0 <= first < stop <= self.num_layers:
+            raise ValueError(f"repeat block must satisfy 0 <= first < stop <= {self.num_layers}, got {block}")
+        arguments: dict[int, tuple[tuple, dict]] = {}
+
+        def record(index: int):
+            def hook(_module, args, kwargs):
+                arguments[index] = (args[1:], kwargs)
+
+            return hook
+
+        for index in range(first, stop):
+            stack.enter_context(_hook(self.layers[index].register_forward_pre_hook(record(index), with_kwargs=True)))
+        last = stop - 1
+        first_pass = replacements.get(last, type(self.layers[last]).forward.__get__(self.layers[last]))
+
+        def forward(*args, **kwargs):
+            hidden = first_pass(*args, **kwargs)
+            for index in range(first, stop):
+                rest, named = arguments[index]
+                layer = self.layers[index]  # its class's own forward: no hooks, no replacement
+                hidden = type(layer).forward(layer, hidden, *rest, **named)
+            return hidden
+
+        replacements[last] = forward
 
     @staticmethod
     def _skipping_forward(layer: nn.Module, rows: torch.Tensor | None) -> Callable:
