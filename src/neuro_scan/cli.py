@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -31,16 +33,19 @@ def user_errors(command: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         verbose = kwargs.get("verbose", False)
         logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
-        if not verbose:
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.set_verbosity_error()
-            hf_logging.disable_progress_bar()
+        # read by transformers when (and if) it is imported: no import cost for fast commands
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
         try:
             return command(*args, **kwargs)
         except UsageError as error:
-            console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            fail(str(error))
+
+    return wrapper
+
+
+def fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
 
     return wrapper
 
@@ -126,9 +131,23 @@ def version_command() -> None:
     out.print(f"neuro-scan {__version__}")
 
 
-def main() -> None:  # pragma: no cover - console entry
-    app(prog_name="neuro-scan")
+def main() -> None:
+    """Console entry: option-parsing errors become one `error:` line with exit code 2 too."""
+    click_usage_error = typer.BadParameter.__mro__[1]  # Typer's (vendored) click UsageError
+    try:
+        code = app(prog_name="neuro-scan", standalone_mode=False)
+    except click_usage_error as error:
+        if not error.format_message():  # bare `neuro-scan`: the help was shown
+            sys.exit(0)
+        where = f"{error.ctx.command_path}: " if getattr(error, "ctx", None) else ""
+        console.print(f"[red]error:[/red] {escape(where + error.format_message())}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+if __name__ == "__main__":
+    main()

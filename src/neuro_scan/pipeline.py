@@ -59,7 +59,7 @@ class Scan:
 
 
 def validate(options: ScanOptions) -> tuple[Probe, Path]:
-    from neuro_scan.backend.loading import resolve_source
+    from neuro_scan.backend.loading import DEVICES, DTYPES, resolve_source
     from neuro_scan.report import prepare_output_dir
 
     for name, value in (("--batch-size", options.batch_size), ("--top-k", options.top_k)):
@@ -69,8 +69,10 @@ def validate(options: ScanOptions) -> tuple[Probe, Path]:
         raise UsageError(f"--max-samples: must be a whole number >= 1, got {options.max_samples}")
     if options.backend not in ("transformers", "exllamav2"):
         raise UsageError(f"--backend: '{options.backend}' is not one of transformers, exllamav2")
-    if options.dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise UsageError(f"--dtype: '{options.dtype}' is not one of auto, float32, bfloat16, float16")
+    if options.dtype not in DTYPES:
+        raise UsageError(f"--dtype: '{options.dtype}' is not one of {', '.join(DTYPES)}")
+    if options.device not in DEVICES:
+        raise UsageError(f"--device: '{options.device}' is not one of {', '.join(DEVICES)}")
     probe = resolve_probe(options.probe, options.custom_probe).limited(options.max_samples)
     output = prepare_output_dir(options.output)
     resolve_source(options.model)

@@ -89,6 +89,8 @@ def load_builtin(name: str) -> Probe:
 def load_probe_file(path: str | Path) -> Probe:
     """Read and validate a custom probe file (ours or the reference's format)."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"probe file {path}: is a folder, not a JSON file")
     if not path.is_file():
         raise UsageError(f"probe file {path}: no such file")
     try:
@@ -125,6 +127,8 @@ def parse_probe(data: object, where: str, source: str) -> Probe:
     if not isinstance(description, str):
         raise UsageError(f"{where}: field 'description' must be a string")
     group = data.get("group", "general")
+    if not isinstance(group, str):
+        raise UsageError(f"{where}: field 'group' must be a string")
     return Probe(name=name, description=description, samples=samples, group=group,
                  source=source, digit_scoring=digit_scoring)
 
@@ -156,7 +160,10 @@ def _parse_digit_sample(raw: object, where: str) -> Sample:
     """A reference-format sample: the answer is one digit 0-9 after the prompt."""
     if not isinstance(raw, dict):
         raise UsageError(f"{where}: must be a JSON object")
-    prompt = _text_field(raw, "prompt", where) + raw.get("scoring_suffix", "")
+    suffix = raw.get("scoring_suffix", "")
+    if not isinstance(suffix, str):
+        raise UsageError(f"{where}: field 'scoring_suffix' must be a string")
+    prompt = _text_field(raw, "prompt", where) + suffix
     answer = raw.get("correct_answer", raw.get("expected_score"))
     if isinstance(answer, str) and answer.strip().isdigit():
         answer = int(answer.strip())
