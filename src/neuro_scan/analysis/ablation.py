@@ -52,6 +52,8 @@ class AblationResult:
     ranked_layers: list[int]  # every layer, most damaging first
     seconds: float
     ablated_logprob: np.ndarray  # [L, S] per-sample answer log-prob with each layer skipped
+    baseline_correct: np.ndarray  # [S]
+    ablated_correct: np.ndarray  # [L, S]
 
     def top_layers(self, k: int) -> list[int]:
         """The k most damaging layers; significant ones first, then the rest by damage."""
@@ -100,4 +102,6 @@ def run_ablation(engine: Engine, seed: int, progress: Progress | None = None) ->
         ranked_layers=ranked,
         seconds=time.perf_counter() - started,
         ablated_logprob=np.stack([a.answer_logprob for a in ablated]),
+        baseline_correct=engine.baseline.correct,
+        ablated_correct=np.stack([a.correct for a in ablated]),
     )

@@ -6,7 +6,7 @@ Rules, first match wins (E = probe emergence layer from the lens; L layers; r = 
 1. early_processing: layer 0, or r < 0.25 while block influence is above the median (the layer
    still rewrites the token embedding heavily) and before E.
 2. reasoning: removal does significant damage (interval above zero) and the damage is among the
-   largest: in the top max(1, L // 5) layers and at least a quarter of the largest damage.
+   largest: in the top max(1, L // 5) of layers 1..L-1 and at least a quarter of their largest damage.
 3. output: among the last max(1, L // 10) layers, at or after E, or r >= 0.9 with block
    influence above the median (the last layers sharpen the distribution).
 4. semantic_processing: the max(1, L // 6) layers leading up to and including E, where the
@@ -45,6 +45,7 @@ def label_layers(ablation: AblationResult, block_influence: list[float] | None,
     output_band = max(1, count // 10)
     forming_window = max(1, count // 6)
     emergence = probe_emergence
+    candidates = [i for i in ablation.ranked_layers if i != 0]  # layer 0 is always early_processing
     result = []
     for index, layer in enumerate(layers):
         depth = index / max(count - 1, 1)
@@ -55,14 +56,14 @@ def label_layers(ablation: AblationResult, block_influence: list[float] | None,
             "relative_depth": round(depth, 4),
             "damage": layer.damage.mean,
             "damage_ci": layer.damage.as_list(),
-            "damage_rank": ablation.ranked_layers.index(index),
+            "damage_rank": ablation.ranked_layers.index(index),  # 0 = most damaging, over all layers
             "block_influence": float(bi[index]) if bi is not None else None,
             "probe_emergence": emergence,
         }
         if index == 0 or (depth < 0.25 and high_bi and not at_or_after):
             label = "early_processing"
             reason = "first layer" if index == 0 else f"early layer rewriting the stream strongly (BI {bi[index]:.3f} > median {bi_median:.3f})"
-        elif (layer.significant_damage and signals["damage_rank"] < top_n and max_damage > 0
+        elif (layer.significant_damage and candidates.index(index) < top_n and max_damage > 0
                 and layer.damage.mean >= 0.25 * max_damage):
             label = "reasoning"
             reason = (f"removal costs {layer.damage.mean:.3f} nats (95% CI {layer.damage.low:.3f}..{layer.damage.high:.3f}),"

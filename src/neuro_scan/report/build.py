@@ -96,7 +96,21 @@ def ablation_rows(ablation: AblationResult) -> list[dict]:
     ]
 
 
-def ablation_section(ablation: AblationResult, top_k: int) -> dict:
+def category_accuracy(ablation: AblationResult, probe: Probe) -> dict:
+    """Accuracy per sample category, at baseline and with each layer skipped."""
+    categories = np.array([sample.category for sample in probe.samples])
+    return {
+        str(category): {
+            "samples": int((categories == category).sum()),
+            "baseline": float(ablation.baseline_correct[categories == category].mean()),
+            "per_layer": [float(v) for v in ablation.ablated_correct[:, categories == category].mean(axis=1)],
+        }
+        for category in sorted(set(categories.tolist()))
+    }
+
+
+def ablation_section(ablation: AblationResult, run: RunInfo) -> dict:
+    top_k = run.top_k
     return {
         "baseline_score": ablation.baseline.score.mean,
         "baseline_uncertainty": ablation.baseline.score.stderr,
@@ -109,6 +123,7 @@ def ablation_section(ablation: AblationResult, top_k: int) -> dict:
         "significantly_important_layers": [int(i) for i in ablation.important_layers],
         "improving_layers": [int(i) for i in ablation.improving_layers],
         "ranked_layers": [int(i) for i in ablation.ranked_layers],
+        "category_accuracy": category_accuracy(ablation, run.probe),
     }
 
 
@@ -162,7 +177,7 @@ def labels_section(labels: list[LayerLabel]) -> dict:
 def map_report(run: RunInfo, ablation: AblationResult, lens: LensResult, block_influence: list[float],
                labels: list[LayerLabel]) -> dict:
     report = header(run, "map")
-    report.update(ablation_section(ablation, run.top_k))
+    report.update(ablation_section(ablation, run))
     report.update(labels_section(labels))
     report["logit_lens_trajectory"] = lens_trajectory(lens)
     report["logit_lens"] = lens_summary(lens)
@@ -176,7 +191,7 @@ def map_report(run: RunInfo, ablation: AblationResult, lens: LensResult, block_i
 
 def ablation_report(run: RunInfo, ablation: AblationResult) -> dict:
     report = header(run, "ablate")
-    report.update(ablation_section(ablation, run.top_k))
+    report.update(ablation_section(ablation, run))
     return report
 
 
