@@ -30,3 +30,15 @@ def test_demo_map_shows_real_structure(tmp_path):
     assert set(report["layer_labels"].values()) >= {"early_processing", "reasoning"}
     assert report["model"] == "demo" and report["probe"] == "arith" and report["sample_count"] == 32
     assert report["tool"]["name"] == "neuro-scan" and report["device"] == "cpu"
+
+
+def test_same_inputs_give_the_same_report(tmp_path):
+    reports = []
+    for run in ("a", "b"):
+        result = CliRunner().invoke(app, ["map", "--model", "demo", "--probe", "facts", "--output", str(tmp_path / run)])
+        assert result.exit_code == 0, result.output
+        report = json.loads((tmp_path / run / "report.json").read_text())
+        for volatile in ("created_at", "timings", "scan_time_seconds"):
+            report.pop(volatile)
+        reports.append(report)
+    assert reports[0] == reports[1]
