@@ -1,7 +1,16 @@
 """The logit lens: read every layer's residual stream through the final norm and unembedding.
 
-Read at each sample's first answer position (the position whose next-token prediction is the
-answer's first token), from the baseline's cached streams: no extra forward pass.
+Read from the baseline's cached streams (no extra forward pass), at the answer's positions:
+
+- the answer's probability is that of the whole answer: the product, over its tokens, of each
+  token's probability at the position that predicts it (teacher-forced, as in scoring);
+- its rank is the worst rank among those tokens (0: every answer token is top-1, which is what
+  "correct" means in scoring);
+- top-k tokens, entropy and KL to the model's final distribution describe the distribution at
+  the first answer position (where the answer begins).
+
+A :data:`Translator` (the tuned lens) may rewrite each layer's stream before the unembedding; the
+model's own final distribution stays the reference for KL either way.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import numpy as np
 import torch
 
 from neuro_scan.engine import Engine
+from neuro_scan.scoring import Interval, ScoringPlan, bootstrap_means
 
 LOG2E = 1.0 / math.log(2.0)
 DEFAULT_EMERGENCE_PROB = 0.5
@@ -25,12 +35,12 @@ Translator = Callable[[int, torch.Tensor], torch.Tensor]
 @dataclass
 class LensLayer:
     layer: int
-    answer_prob: np.ndarray  # [S]
-    answer_rank: np.ndarray  # [S] 0 = top-1
-    top_tokens: list[list[str]]  # [S][k]
+    answer_prob: np.ndarray  # [S] probability of the whole answer
+    answer_rank: np.ndarray  # [S] worst rank among the answer's tokens, 0 = every token top-1
+    top_tokens: list[list[str]]  # [S][k] at the first answer position
     top_probs: np.ndarray  # [S, k]
     entropy_bits: np.ndarray  # [S]
-    kl_to_final_bits: np.ndarray  # [S]
+    kl_to_final_bits: np.ndarray  # [S] KL(model's final distribution || lens distribution)
 
 
 @dataclass
@@ -40,49 +50,82 @@ class LensResult:
     answer_tokens: list[str]  # [S] the answer's first token
     emergence: list[int | None]  # per sample: first layer from which the answer stays top-1
     prob_emergence: list[int | None]  # per sample: first layer from which p(answer) stays >= threshold
-    probe_emergence: int | None  # first layer from which at least half the samples are top-1 to the end
+    probe_emergence: int | None  # first layer from which at least half the samples stay top-1 to the end
+    probe_prob_emergence: int | None  # the same with p(answer) >= threshold
     emergence_prob_threshold: float
+    entropy_mean: list[Interval]  # per layer: mean entropy over samples (bits), 95% bootstrap interval
+
+
+@dataclass(frozen=True)
+class _AnswerReads:
+    """Where the answers are read: ``pairs`` are the plan's read positions that are needed,
+    and the other fields index into them."""
+
+    pairs: torch.Tensor  # [n] read positions (indices into the plan's pairs)
+    token_row: torch.Tensor  # [M] row in ``pairs`` of each answer token
+    token_ids: torch.Tensor  # [M]
+    token_sample: torch.Tensor  # [M] the sample each answer token belongs to
+    first_row: torch.Tensor  # [S] row in ``pairs`` of each sample's first answer position
+
+
+def _answer_reads(plan: ScoringPlan) -> _AnswerReads:
+    sample_of_target = torch.full((plan.num_targets,), -1, dtype=torch.long)
+    sample_of_target[plan.answer_target] = torch.arange(plan.num_samples)
+    token_sample = sample_of_target[plan.token_target]
+    keep = token_sample >= 0
+    token_pairs = plan.token_pair[keep]
+    pairs, inverse = torch.unique(torch.cat([token_pairs, plan.first_answer_pair]), return_inverse=True)
+    count = int(token_pairs.shape[0])
+    return _AnswerReads(pairs, inverse[:count], plan.token_ids[keep], token_sample[keep], inverse[count:])
 
 
 def run_lens(engine: Engine, top_k: int = 5, translator: Translator | None = None,
-             emergence_prob: float = DEFAULT_EMERGENCE_PROB) -> LensResult:
+             emergence_prob: float = DEFAULT_EMERGENCE_PROB, seed: int = 0) -> LensResult:
     backend, plan = engine.backend, engine.plan
-    answer = plan.first_answer_token
+    reads = _answer_reads(plan)
+    samples = plan.num_samples
+    top_k = min(top_k, backend.info.vocab_size)
 
-    def hidden_after(layer: int) -> torch.Tensor:
-        return engine.hidden_at(layer + 1)[plan.first_answer_pair]
+    def logprobs_after(layer: int, translate: bool) -> torch.Tensor:
+        hidden = engine.hidden_at(layer + 1)
+        hidden = hidden[reads.pairs.to(hidden.device)]
+        if translate and translator is not None:
+            hidden = translator(layer, hidden)
+        return torch.log_softmax(backend.unembed(hidden).cpu(), dim=-1)
 
     # the model's own output distribution: the reference for KL, whichever lens is used
-    final_logprobs = torch.log_softmax(backend.unembed(hidden_after(backend.num_layers - 1)).cpu(), dim=-1)
+    final = logprobs_after(backend.num_layers - 1, translate=False)[reads.first_row]
     layers: list[LensLayer] = []
     for layer in range(backend.num_layers):
-        hidden = hidden_after(layer)
-        if translator is not None:
-            hidden = translator(layer, hidden)
-        logprobs = torch.log_softmax(backend.unembed(hidden).cpu(), dim=-1)
-        probs = logprobs.exp()
-        answer_lp = logprobs.gather(1, answer.view(-1, 1)).squeeze(1)
+        logprobs = logprobs_after(layer, translate=True)
+        token_lp = logprobs[reads.token_row, reads.token_ids]
+        token_rank = (logprobs[reads.token_row] > token_lp.view(-1, 1)).sum(dim=-1)
+        answer_lp = torch.zeros(samples, dtype=torch.float64).index_add_(0, reads.token_sample, token_lp.double())
+        answer_rank = torch.zeros(samples, dtype=torch.long).scatter_reduce_(0, reads.token_sample, token_rank, "amax")
+        first = logprobs[reads.first_row]
+        probs = first.exp()
         top = probs.topk(top_k, dim=-1)
         layers.append(LensLayer(
             layer=layer,
             answer_prob=answer_lp.exp().numpy(),
-            answer_rank=(logprobs > answer_lp.view(-1, 1)).sum(dim=-1).numpy(),
+            answer_rank=answer_rank.numpy(),
             top_tokens=[[backend.decode_token(int(t)) for t in row] for row in top.indices],
             top_probs=top.values.numpy(),
-            entropy_bits=(-(probs * logprobs).sum(-1) * LOG2E).numpy(),
-            kl_to_final_bits=((final_logprobs.exp() * (final_logprobs - logprobs)).sum(-1) * LOG2E).clamp(min=0).numpy(),
+            entropy_bits=(-(probs * first).sum(-1) * LOG2E).numpy(),
+            kl_to_final_bits=((final.exp() * (final - first)).sum(-1) * LOG2E).clamp(min=0).numpy(),
         ))
     stays_top1 = _stays(np.stack([lay.answer_rank == 0 for lay in layers], axis=1))  # [S, L]
     stays_above = _stays(np.stack([lay.answer_prob >= emergence_prob for lay in layers], axis=1))
-    majority = stays_top1.mean(axis=0) >= 0.5
     return LensResult(
         lens="logit" if translator is None else "tuned",
         layers=layers,
-        answer_tokens=[backend.decode_token(int(t)) for t in answer],
+        answer_tokens=[backend.decode_token(int(t)) for t in plan.first_answer_token],
         emergence=[_first(row) for row in stays_top1],
         prob_emergence=[_first(row) for row in stays_above],
-        probe_emergence=int(np.argmax(majority)) if majority.any() else None,
+        probe_emergence=_first(stays_top1.mean(axis=0) >= 0.5),
+        probe_prob_emergence=_first(stays_above.mean(axis=0) >= 0.5),
         emergence_prob_threshold=emergence_prob,
+        entropy_mean=bootstrap_means(np.stack([lay.entropy_bits for lay in layers]), seed=seed),
     )
 
 
