@@ -125,3 +125,15 @@ def test_layer_scan_annotate_reads_the_report(map_report, tmp_path):
     expected = "/".join(f"{report['layer_labels'][str(i)]}" for i in range(10, 14))
     assert "Traceback" not in run.stderr
     assert report["layer_labels"]["10"] in run.stdout or expected
+
+
+def test_labels_follow_the_evidence(map_report):
+    report, _ = map_report
+    labels = report["layer_labels"]
+    details = report["layer_label_details"]
+    assert labels["0"] == "early_processing" and labels["29"] == "output"
+    reasoning = [int(k) for k, v in labels.items() if v == "reasoning"]
+    assert 0 < len(reasoning) <= 30 // 5
+    for layer in reasoning:  # every reasoning layer's damage interval excludes zero
+        assert details[str(layer)]["signals"]["damage_ci"][0] > 0
+    assert all(details[k]["reason"] for k in details)

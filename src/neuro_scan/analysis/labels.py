@@ -1,27 +1,33 @@
-"""Layer labels from evidence: ablation damage with its interval, logit-lens emergence, block
-influence. Labels stay the six names layer-scan colours; each carries its reason.
+"""Layer labels from evidence: ablation damage with its interval, logit-lens emergence and KL,
+block influence. Labels stay the six names layer-scan colours; each carries its reason and
+the signals behind it. The algorithm and its rationale are in docs/labels.md.
 
-Rules, first match wins (E = probe emergence layer from the lens; L layers; r = layer / (L-1)):
+Rules, first match wins (L layers, r = layer / (L-1), E = the layer from which the answer stays
+top-1 in the lens for at least half the samples; "high BI" = block influence above the median):
 
-1. early_processing: layer 0, or r < 0.25 while block influence is above the median (the layer
-   still rewrites the token embedding heavily) and before E.
-2. reasoning: removal does significant damage (interval above zero) and the damage is among the
-   largest: in the top max(1, L // 5) of layers 1..L-1 and at least a quarter of their largest damage.
-3. output: among the last max(1, L // 10) layers, at or after E, or r >= 0.9 with block
-   influence above the median (the last layers sharpen the distribution).
-4. semantic_processing: the max(1, L // 6) layers leading up to and including E, where the
-   answer forms; also every remaining layer when the answer never emerges.
+1. early_processing: r < 0.25, before E, and high BI: an early layer that still rewrites the
+   token embedding heavily.
+2. output: r >= 0.75, at or after E (or no emergence), and the layer visibly finalises the
+   output distribution: its drop in lens KL-to-final is at least the median drop, or high BI.
+3. reasoning: removal does significant damage (95% interval above zero) that is among the
+   largest: top max(1, L // 5) of the layers not labelled by rules 1-2, and at least a
+   quarter of the largest such damage.
+4. semantic_processing: the max(1, L // 6) layers up to and including E, where the answer forms.
 5. syntax: earlier than that (the answer is not yet readable through the lens).
 6. formatting: after E (the answer is already top-1; the layer refines it).
+7. semantic_processing: everything left when the answer never emerges.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from neuro_scan.analysis.ablation import AblationResult
+if TYPE_CHECKING:  # only for annotations: keeps LABELS (and the charts) importable without torch
+    from neuro_scan.analysis.ablation import AblationResult
+    from neuro_scan.analysis.lens import LensResult
 
 LABELS = ("early_processing", "syntax", "reasoning", "semantic_processing", "formatting", "output")
 
@@ -34,54 +40,62 @@ class LayerLabel:
     signals: dict
 
 
-def label_layers(ablation: AblationResult, block_influence: list[float] | None,
-                 probe_emergence: int | None) -> list[LayerLabel]:
-    layers = ablation.layers
-    count = len(layers)
-    top_n = max(1, count // 5)
-    max_damage = max((layer.damage.mean for layer in layers[1:]), default=0.0)  # layer 0 is early_processing
-    bi = np.asarray(block_influence) if block_influence is not None else None
-    bi_median = float(np.median(bi)) if bi is not None else None
-    output_band = max(1, count // 10)
+def label_layers(ablation: AblationResult, block_influence: list[float], lens: LensResult) -> list[LayerLabel]:
+    count = len(ablation.layers)
+    bi = np.asarray(block_influence, dtype=float)
+    bi_median = float(np.median(bi))
+    emergence = lens.probe_emergence
+    lens_name = f"{lens.lens} lens"
+    kl = np.array([float(np.mean(layer.kl_to_final_bits)) for layer in lens.layers])
+    kl_drop = np.concatenate([[np.nan], kl[:-1] - kl[1:]])  # how much each layer brings the lens to the output
+    drop_median = float(np.nanmedian(kl_drop)) if count > 1 else 0.0
     forming_window = max(1, count // 6)
-    emergence = probe_emergence
-    candidates = [i for i in ablation.ranked_layers if i != 0]  # layer 0 is always early_processing
-    result = []
-    for index, layer in enumerate(layers):
-        depth = index / max(count - 1, 1)
-        high_bi = bi is not None and bi[index] > bi_median
-        before_emergence = emergence is not None and index < emergence
-        at_or_after = emergence is not None and index >= emergence
+
+    def depth(i: int) -> float:
+        return i / max(count - 1, 1)
+
+    def before_emergence(i: int) -> bool:
+        return emergence is None or i < emergence
+
+    early = {i for i in range(count) if depth(i) < 0.25 and before_emergence(i) and bi[i] > bi_median}
+    output = {i for i in range(count) if depth(i) >= 0.75 and not (emergence is not None and i < emergence)
+              and ((not np.isnan(kl_drop[i]) and kl_drop[i] >= drop_median) or bi[i] > bi_median)}
+    candidates = [i for i in ablation.ranked_layers if i not in early | output]
+    top_n = max(1, count // 5)
+    max_damage = max((ablation.layers[i].damage.mean for i in candidates), default=0.0)
+    labels = []
+    for i, layer in enumerate(ablation.layers):
         signals = {
-            "relative_depth": round(depth, 4),
+            "relative_depth": round(depth(i), 4),
             "damage": layer.damage.mean,
             "damage_ci": layer.damage.as_list(),
-            "damage_rank": ablation.ranked_layers.index(index),  # 0 = most damaging, over all layers
-            "block_influence": float(bi[index]) if bi is not None else None,
+            "damage_rank": ablation.ranked_layers.index(i),  # 0 = most damaging, over all layers
+            "block_influence": float(bi[i]),
+            "block_influence_median": bi_median,
+            "lens_kl_to_final_bits": float(kl[i]),
+            "lens_kl_drop_bits": None if np.isnan(kl_drop[i]) else float(kl_drop[i]),
             "probe_emergence": emergence,
         }
-        if index == 0 or (depth < 0.25 and high_bi and not at_or_after):
-            label = "early_processing"
-            reason = "first layer" if index == 0 else f"early layer rewriting the stream strongly (BI {bi[index]:.3f} > median {bi_median:.3f})"
-        elif (layer.significant_damage and candidates.index(index) < top_n and max_damage > 0
-                and layer.damage.mean >= 0.25 * max_damage):
-            label = "reasoning"
-            reason = (f"removal costs {layer.damage.mean:.3f} nats (95% CI {layer.damage.low:.3f}..{layer.damage.high:.3f}),"
-                      f" rank {signals['damage_rank'] + 1} of {count}")
-        elif (index >= count - output_band and (at_or_after or emergence is None)) or (depth >= 0.9 and high_bi):
-            label = "output"
-            reason = "last layers, answer already top-1 in the lens" if at_or_after else "last layers with block influence above the median"
-        elif emergence is not None and emergence - forming_window <= index <= emergence:
-            label = "semantic_processing"
-            reason = f"the answer forms here: it becomes top-1 in the logit lens at layer {emergence}"
-        elif before_emergence:
-            label = "syntax"
-            reason = f"before the answer forms (it emerges in the logit lens at layer {emergence})"
-        elif at_or_after:
-            label = "formatting"
-            reason = f"answer already top-1 in the logit lens since layer {emergence}; refines it"
+        if i in early:
+            label, reason = "early_processing", (
+                f"early layer (depth {depth(i):.2f}) rewriting the stream strongly: block influence {bi[i]:.3f} "
+                f"> median {bi_median:.3f}, before the answer emerges")
+        elif i in output:
+            label, reason = "output", (
+                f"late layer finalising the output: lens KL to the final distribution falls by "
+                f"{signals['lens_kl_drop_bits'] or 0:.2f} bits here (median {drop_median:.2f}), block influence {bi[i]:.3f}")
+        elif (layer.significant_damage and i in candidates[:top_n] and max_damage > 0
+              and layer.damage.mean >= 0.25 * max_damage):
+            label, reason = "reasoning", (
+                f"removal costs {layer.damage.mean:.3f} nats (95% CI {layer.damage.low:.3f}..{layer.damage.high:.3f}), "
+                f"among the {top_n} largest")
+        elif emergence is not None and emergence - forming_window <= i <= emergence:
+            label, reason = "semantic_processing", f"the answer forms here: top-1 in the {lens_name} from layer {emergence}"
+        elif emergence is not None and i < emergence:
+            label, reason = "syntax", f"before the answer forms (it emerges in the {lens_name} at layer {emergence})"
+        elif emergence is not None:
+            label, reason = "formatting", f"the answer is already top-1 in the {lens_name} (since layer {emergence}); refines it"
         else:
-            label = "semantic_processing"
-            reason = "the answer never becomes top-1 in the lens; middle of the computation"
-        result.append(LayerLabel(index, label, reason, signals))
-    return result
+            label, reason = "semantic_processing", "the answer never becomes top-1 in the lens; middle of the computation"
+        labels.append(LayerLabel(i, label, reason, signals))
+    return labels

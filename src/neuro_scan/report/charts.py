@@ -23,6 +23,11 @@ def page(figure: go.Figure) -> str:
     return figure.to_html(include_plotlyjs="directory", full_html=True, config={"responsive": True})
 
 
+def integer_axis(count: int) -> dict:
+    """Axis settings for layer or head indices: whole-number ticks, one per index when few."""
+    return {"tickmode": "linear", "dtick": 1 if count <= 40 else max(1, count // 20), "tick0": 0}
+
+
 def _title(report: dict, what: str) -> str:
     return f"{what} — {report['model']} · probe {report['probe']} ({report['sample_count']} samples)"
 
@@ -61,27 +66,21 @@ def ablation_figure(report: dict) -> go.Figure:
         title=_title(report, "Ablation damage per layer"),
         xaxis_title="layer skipped", yaxis_title="damage = baseline − ablated score (nats)",
         barmode="overlay", template="plotly_white", legend_title="label",
+        xaxis=integer_axis(len(layers)),
     )
     return figure
 
 
-def logit_lens_figure(report: dict) -> go.Figure:
-    trajectory = report["logit_lens_trajectory"]
-    lens = report["logit_lens"]
-    z = [[cell["target_token_prob"] for cell in sample] for sample in trajectory]
-    hover = [[f"top: {cell['top_token']!r} ({cell['top_token_prob']:.3f})<br>answer rank {cell['target_token_rank']}"
-              for cell in sample] for sample in trajectory]
-    names = [f"{i}: {tok!r}" for i, tok in enumerate(lens["answer_tokens"])]
+def attention_figure(report: dict) -> go.Figure:
+    attention = report["attention"]
+    bits = attention["answer_position_bits"]
+    normalized = attention["answer_position_normalized"]
     figure = go.Figure(go.Heatmap(
-        z=z, x=list(range(len(z[0]) if z else 0)), y=names, colorscale="Viridis", zmin=0, zmax=1,
-        text=hover, hovertemplate="layer %{x}<br>sample %{y}<br>p(answer) %{z:.3f}<br>%{text}<extra></extra>",
-        colorbar={"title": "p(answer)"},
+        z=bits, x=list(range(len(bits[0]) if bits else 0)), y=list(range(len(bits))), colorscale="Cividis",
+        customdata=normalized, colorbar={"title": "bits"},
+        hovertemplate="layer %{y}, head %{x}<br>entropy %{z:.3f} bits<br>normalised %{customdata:.3f}<extra></extra>",
     ))
-    emerged = [(layer, names[i]) for i, layer in enumerate(lens["per_sample_emergence"]) if layer is not None]
-    if emerged:
-        figure.add_scatter(x=[e[0] for e in emerged], y=[e[1] for e in emerged], mode="markers", name="emergence",
-                           marker={"symbol": "diamond", "color": "red", "size": 10},
-                           hovertemplate="answer top-1 from layer %{x}<extra></extra>")
-    figure.update_layout(title=_title(report, f"{lens['lens'].capitalize()} lens: probability of the answer"),
-                         xaxis_title="layer", yaxis_title="sample: answer token", template="plotly_white")
+    figure.update_layout(title=_title(report, "Attention entropy at the answer position"),
+                         xaxis_title="head", yaxis_title="layer", template="plotly_white",
+                         xaxis=integer_axis(len(bits[0]) if bits else 0), yaxis=integer_axis(len(bits)))
     return figure
