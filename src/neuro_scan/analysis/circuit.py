@@ -1,0 +1,187 @@
+"""Layers that work together: pairwise ablation, with each pair's interaction and its interval.
+
+For layers i < j, per sample, with damage = baseline - ablated answer log-prob (nats):
+
+    interaction = damage(i and j skipped) - (damage(i skipped) + damage(j skipped))
+
+averaged over samples, with a paired bootstrap 95% interval (every pair, every single layer and
+the baseline are scored on the same samples). A pair is
+
+- synergistic when the interval lies above zero: skipping both hurts more than the two alone;
+- redundant when it lies below zero: skipping both hurts less than the sum (the layers overlap,
+  or the first removal already did most of the harm: log-probs saturate);
+- independent otherwise.
+
+Each interval is a per-pair 95% interval, not corrected for testing many pairs: with no
+interaction at all, about 5% of the pairs tested would still come out significant; the result
+reports that expected count beside the lists.
+
+Phases: A, the single-layer scan (or a stored one for the same model, probe and samples);
+B (``thorough`` only), similarity of the layers' outputs; C, the pairs, through
+:meth:`Engine.skip_scan`, which resumes each pair from the baseline's cached stream at its
+first layer and stacks pairs in one forward.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from itertools import combinations
+
+import numpy as np
+import torch
+
+from neuro_scan.analysis.ablation import AblationResult, ablation_result
+from neuro_scan.engine import Engine, Progress
+from neuro_scan.errors import UsageError
+from neuro_scan.scoring import Interval, SampleScores, bootstrap_means
+
+STRATEGIES = ("fast", "thorough", "exhaustive")
+SIMILAR_PER_CANDIDATE = 3  # thorough: partners added per candidate layer, most similar outputs first
+REUSE_TOLERANCE = 1e-3  # nats: a stored scan is reused only if its baseline matches this closely
+FALSE_POSITIVE_RATE = 0.05
+
+
+def check_strategy(strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise UsageError(f"--strategy: '{strategy}' is not one of {', '.join(STRATEGIES)}")
+
+
+@dataclass
+class PairPlan:
+    strategy: str
+    candidates: list[int]  # the top-K single layers
+    pairs: list[tuple[int, int]]  # (i, j), i < j, in order
+    reasons: dict[tuple[int, int], str]  # why each pair is tested: top-k, adjacent, similar, all
+    similarity: np.ndarray | None  # [L, L] (thorough only)
+
+
+@dataclass
+class PairInteraction:
+    first: int
+    second: int
+    reason: str
+    joint_damage: Interval
+    interaction: Interval
+
+    @property
+    def kind(self) -> str:
+        if self.interaction.low > 0:
+            return "synergistic"
+        if self.interaction.high < 0:
+            return "redundant"
+        return "independent"
+
+
+@dataclass
+class CircuitResult:
+    plan: PairPlan
+    singles: AblationResult
+    pairs: list[PairInteraction]
+    seconds: float  # phase C
+
+    @property
+    def synergistic(self) -> list[PairInteraction]:
+        return sorted((p for p in self.pairs if p.kind == "synergistic"), key=lambda p: -p.interaction.mean)
+
+    @property
+    def redundant(self) -> list[PairInteraction]:
+        return sorted((p for p in self.pairs if p.kind == "redundant"), key=lambda p: p.interaction.mean)
+
+    @property
+    def expected_false_positives(self) -> float:
+        return FALSE_POSITIVE_RATE * len(self.pairs)
+
+
+def stored_singles(report: dict, engine: Engine, seed: int) -> AblationResult | None:
+    """The single-layer scan of an earlier ``map``/``ablate`` report, if it was made on the same
+    model, probe and samples: same model id, probe name, layer and sample counts, and per-sample
+    baseline log-probs equal to this run's within REUSE_TOLERANCE. Otherwise None."""
+    info, probe = engine.backend.info, engine.probe
+    same_run = (report.get("model") == info.model_id and report.get("probe") == probe.name
+                and report.get("total_layers") == engine.num_layers and report.get("sample_count") == len(probe.samples))
+    per_sample = report.get("per_sample")
+    if not same_run or not isinstance(per_sample, dict):
+        return None
+    try:
+        baseline = np.asarray(per_sample["baseline"]["answer_logprob"], dtype=np.float64)
+        ablated = np.asarray(per_sample["ablated"]["answer_logprob"], dtype=np.float64)
+        correct = np.asarray(per_sample["ablated"]["correct"], dtype=bool)
+    except (KeyError, TypeError, ValueError):
+        return None
+    shape = (engine.num_layers, len(probe.samples))
+    if baseline.shape != shape[1:] or ablated.shape != shape or correct.shape != shape:
+        return None
+    if np.abs(baseline - engine.baseline.answer_logprob).max() > REUSE_TOLERANCE:
+        return None
+    # damages are taken against this run's baseline, the one the pairs are scored against
+    scores = [SampleScores(answer_logprob=lp, correct=ok) for lp, ok in zip(ablated, correct)]
+    return ablation_result(engine.baseline, scores, seed, seconds=0.0)
+
+
+def layer_similarity(engine: Engine) -> np.ndarray:
+    """[L, L]: cosine of two layers' outputs at the same token, averaged over every real token."""
+    layers = engine.num_layers
+    total = torch.zeros(layers, layers, dtype=torch.float64)
+    tokens = 0
+    for block in engine.blocks:
+        real = block.batch.attention_mask.bool()
+        outputs = torch.stack([block.streams[b + 1][real].float() for b in range(layers)], dim=1)  # [T, L, d]
+        unit = torch.nn.functional.normalize(outputs, dim=-1)
+        total += torch.einsum("tld,tmd->lm", unit, unit).double().cpu()
+        tokens += int(real.sum())
+    return (total / tokens).numpy()
+
+
+def plan_pairs(strategy: str, singles: AblationResult, top_k: int, similarity: np.ndarray | None = None) -> PairPlan:
+    """The pairs a strategy tests.
+
+    - fast: every pair among the top-K layers (most damaging, significant first) and each of
+      those layers with its neighbours;
+    - thorough: fast, plus each top-K layer with the SIMILAR_PER_CANDIDATE layers not yet paired
+      with it whose outputs are most similar to its own (needs ``similarity``);
+    - exhaustive: all L(L-1)/2 pairs.
+    """
+    check_strategy(strategy)
+    num_layers = len(singles.layers)
+    candidates = sorted(singles.top_layers(top_k))
+    reasons: dict[tuple[int, int], str] = {}
+    if strategy == "exhaustive":
+        reasons = {pair: "all" for pair in combinations(range(num_layers), 2)}
+    else:
+        for pair in combinations(candidates, 2):
+            reasons[pair] = "top-k"
+        for layer in candidates:
+            for neighbour in (layer - 1, layer + 1):
+                if 0 <= neighbour < num_layers:
+                    reasons.setdefault(_ordered(layer, neighbour), "adjacent")
+    if strategy == "thorough":
+        if similarity is None:
+            raise ValueError("the thorough strategy needs the layer similarity matrix")
+        for layer in candidates:
+            partners = [other for other in np.argsort(-similarity[layer], kind="stable")
+                        if other != layer and _ordered(layer, int(other)) not in reasons]
+            for other in partners[:SIMILAR_PER_CANDIDATE]:
+                reasons[_ordered(layer, int(other))] = "similar"
+    return PairPlan(strategy, candidates, sorted(reasons), reasons, similarity)
+
+
+def _ordered(a: int, b: int) -> tuple[int, int]:
+    return (a, b) if a < b else (b, a)
+
+
+def run_circuit(engine: Engine, singles: AblationResult, plan: PairPlan, seed: int,
+                progress: Progress | None = None) -> CircuitResult:
+    started = time.perf_counter()
+    if not plan.pairs:  # e.g. no layer whose removal hurts: no candidates
+        return CircuitResult(plan, singles, [], 0.0)
+    joint = engine.skip_scan([frozenset(pair) for pair in plan.pairs], progress)
+    baseline = engine.baseline.answer_logprob
+    single_damage = baseline - singles.ablated_logprob  # [L, S]
+    joint_damage = np.stack([baseline - scores.answer_logprob for scores in joint])  # [P, S]
+    interaction = joint_damage - np.stack([single_damage[i] + single_damage[j] for i, j in plan.pairs])
+    joint_ci = bootstrap_means(joint_damage, seed)
+    interaction_ci = bootstrap_means(interaction, seed)
+    pairs = [PairInteraction(i, j, plan.reasons[(i, j)], joint_ci[n], interaction_ci[n])
+             for n, (i, j) in enumerate(plan.pairs)]
+    return CircuitResult(plan, singles, pairs, time.perf_counter() - started)

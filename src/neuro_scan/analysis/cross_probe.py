@@ -1,0 +1,78 @@
+"""Which layers matter for every task, and which for one: single-layer ablation under several
+probes on one loaded model.
+
+Each probe gets its own baseline (one Engine) and its full ablation scan through the engine;
+only one probe's cached streams are held at a time.
+
+- universal layers: removal does significant damage (95% interval above zero) in every probe;
+- probe-specific layers: significant damage in exactly one probe;
+- correlation of the damage profiles between probes, Pearson and Spearman (null when a
+  profile is flat).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from neuro_scan.analysis.ablation import AblationResult, run_ablation
+from neuro_scan.analysis.compare import correlation_matrix, pearson, spearman
+from neuro_scan.backend.base import Backend
+from neuro_scan.engine import Engine, Progress
+from neuro_scan.probes import Probe
+
+
+@dataclass
+class ProbeAblation:
+    probe: Probe
+    ablation: AblationResult
+    baseline_seconds: float
+
+
+@dataclass
+class CrossProbeResult:
+    per_probe: list[ProbeAblation]
+    universal_layers: list[int]
+    specific_layers: dict[str, list[int]]  # probe name -> layers significant in that probe only
+    pearson: list[list[float | None]]
+    spearman: list[list[float | None]]
+    seconds: float
+
+    @property
+    def names(self) -> list[str]:
+        return [p.probe.name for p in self.per_probe]
+
+
+def run_cross_probe(backend: Backend, probes: Sequence[Probe], batch_size: int, seed: int,
+                    progress: Progress | None = None) -> CrossProbeResult:
+    """``progress`` advances by L units per probe."""
+    started = time.perf_counter()
+    per_probe = []
+    for probe in probes:
+        baseline_started = time.perf_counter()
+        engine = Engine(backend, probe, batch_size=batch_size)
+        baseline_seconds = time.perf_counter() - baseline_started
+        ablation = run_ablation(engine, seed=seed, progress=progress)
+        per_probe.append(ProbeAblation(probe, ablation, baseline_seconds))
+        del engine  # its cached streams: one probe's at a time
+    return summarize(per_probe, time.perf_counter() - started)
+
+
+def summarize(per_probe: list[ProbeAblation], seconds: float) -> CrossProbeResult:
+    significant = [set(p.ablation.important_layers) for p in per_probe]
+    counts = np.zeros(len(per_probe[0].ablation.layers), dtype=int)
+    for layers in significant:
+        counts[list(layers)] += 1
+    profiles = np.stack([[layer.damage.mean for layer in p.ablation.layers] for p in per_probe])
+    return CrossProbeResult(
+        per_probe=per_probe,
+        universal_layers=[int(i) for i in np.flatnonzero(counts == len(per_probe))],
+        specific_layers={p.probe.name: sorted(i for i in layers if counts[i] == 1)
+                         for p, layers in zip(per_probe, significant)},
+        pearson=correlation_matrix(profiles, pearson),
+        spearman=correlation_matrix(profiles, spearman),
+        seconds=seconds,
+    )

@@ -1,0 +1,142 @@
+"""Does repeating the prompt N times act like running some layers twice? Both are measured.
+
+- Repetition: the probe with every prompt repeated N times (copies joined by SEPARATOR, the
+  answer after the last copy), scored like any probe; change = score(N) - score(1), per sample.
+- Duplication: the model with layers first..stop-1 run a second time (execution order
+  0..stop-1, first..L-1, as layer-scan and mergekit passthrough build it), through
+  :meth:`Engine.repeat_scan`; change = score(duplicated) - baseline, per sample.
+- Equivalence: for each N and each duplication, the paired per-sample difference of the two
+  changes, with a bootstrap 95% interval. The duplications whose difference has the smallest
+  magnitude are the best matches; a duplication is *indistinguishable* from repetition N when
+  that interval contains zero.
+
+Verdict per N:
+
+- ``no_effect``: repetition N's own change is not significant (its interval contains zero), so
+  it is indistinguishable from duplicating nothing and a match says nothing;
+- ``matched``: the change is significant and at least one duplication is indistinguishable;
+- ``unlike_duplication``: the change is significant and every duplication differs from it.
+
+Intervals are per comparison (95%, not corrected for testing many duplications): with many
+blocks some will look indistinguishable by chance, and few samples give wide intervals that
+make "indistinguishable" easy. Read matches with the interval widths.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from neuro_scan.engine import Engine, Progress
+from neuro_scan.probes import Probe, Sample
+from neuro_scan.scoring import Interval, SampleScores, bootstrap_means
+
+SEPARATOR = " "  # between prompt copies: a space encodes in every vocabulary (a newline may not)
+BEST_MATCHES = 3
+
+
+def repeated_probe(probe: Probe, count: int) -> Probe:
+    """The probe with each prompt written ``count`` times; answers and choices unchanged."""
+    samples = tuple(Sample(SEPARATOR.join([s.prompt] * count), s.answer, s.choices, s.category) for s in probe.samples)
+    return Probe(probe.name, probe.description, samples, probe.group, probe.source, probe.digit_scoring, probe.metadata)
+
+
+def default_block_sizes(num_layers: int) -> list[int]:
+    """1, 2, 4, ... up to half the depth (at least 1)."""
+    sizes = [1]
+    while sizes[-1] * 2 <= num_layers // 2:
+        sizes.append(sizes[-1] * 2)
+    return sizes
+
+
+def duplication_blocks(num_layers: int, sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """Every block (first, first + K) of each size K, at every position."""
+    return [(first, first + size) for size in sizes for first in range(num_layers - size + 1)]
+
+
+@dataclass
+class Condition:
+    """One scored variant of the probe, relative to the plain baseline."""
+
+    score: float
+    accuracy: float
+    change: Interval  # score - baseline score, paired over samples
+
+
+@dataclass
+class Duplication:
+    first: int
+    stop: int
+    condition: Condition
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.first
+
+
+@dataclass
+class Match:
+    duplication: Duplication
+    difference: Interval  # repetition change - duplication change, paired over samples
+
+    @property
+    def indistinguishable(self) -> bool:
+        return not self.difference.excludes_zero
+
+
+@dataclass
+class Repetition:
+    count: int
+    condition: Condition
+    best_matches: list[Match]  # smallest |difference| first
+    indistinguishable: list[Match]  # every duplication whose difference interval contains zero
+
+    @property
+    def verdict(self) -> str:
+        if not self.condition.change.excludes_zero:
+            return "no_effect"
+        return "matched" if self.indistinguishable else "unlike_duplication"
+
+
+@dataclass
+class PromptRepeatResult:
+    baseline: Condition
+    repetitions: list[Repetition]
+    duplications: list[Duplication]
+    block_sizes: list[int]
+    separator: str
+    seconds: float
+
+
+def run_prompt_repeat(engine: Engine, counts: Sequence[int], block_sizes: Sequence[int], seed: int,
+                      progress: Progress | None = None) -> PromptRepeatResult:
+    """``progress`` advances by one unit per repeat count and per duplication block."""
+    started = time.perf_counter()
+    baseline = engine.baseline
+    repeated: list[SampleScores] = []
+    for count in counts:
+        repeated.append(baseline if count == 1 else
+                        Engine(engine.backend, repeated_probe(engine.probe, count), engine.batch_size).baseline)
+        if progress:
+            progress(1)
+    blocks = duplication_blocks(engine.num_layers, block_sizes)
+    duplicated = engine.repeat_scan(blocks, progress)
+
+    def conditions(runs: list[SampleScores]) -> list[Condition]:
+        changes = bootstrap_means(np.stack([r.answer_logprob - baseline.answer_logprob for r in runs]), seed)
+        return [Condition(r.score, r.accuracy, change) for r, change in zip(runs, changes)]
+
+    duplications = [Duplication(first, stop, c) for (first, stop), c in zip(blocks, conditions(duplicated))]
+    dup_logprob = np.stack([d.answer_logprob for d in duplicated])  # [D, S]
+    repetitions = []
+    for count, run, condition in zip(counts, repeated, conditions(repeated)):
+        # (score_N - base) - (score_dup - base), per sample
+        differences = bootstrap_means(run.answer_logprob - dup_logprob, seed)
+        matches = sorted((Match(d, diff) for d, diff in zip(duplications, differences)),
+                         key=lambda m: abs(m.difference.mean))
+        repetitions.append(Repetition(count, condition, matches[:BEST_MATCHES], [m for m in matches if m.indistinguishable]))
+    return PromptRepeatResult(conditions([baseline])[0], repetitions, duplications, list(block_sizes), SEPARATOR,
+                              time.perf_counter() - started)

@@ -1,0 +1,103 @@
+"""circuit.json and circuit.html: layer pairs with their interactions and intervals.
+
+circuit.json keeps the reference's keys (``strategy``, ``top_k``, ``total_pairs``,
+``total_evals``, ``time_seconds``, ``synergistic``, ``redundant``, ``all_interactions`` with
+``layer_i``, ``layer_j``, ``interaction_effect``, ``interaction_type``, ``joint_delta``,
+``individual_delta_i``, ``individual_delta_j``) and adds intervals and provenance.
+"""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from neuro_scan.analysis.circuit import CircuitResult, PairInteraction
+from neuro_scan.report.build import RunInfo, header
+
+
+def _pair(pair: PairInteraction, result: CircuitResult) -> dict:
+    damage = result.singles.layers
+    return {
+        "layer_i": pair.first,
+        "layer_j": pair.second,
+        "interaction_effect": pair.interaction.mean,
+        "interaction_ci": pair.interaction.as_list(),
+        "interaction_stderr": pair.interaction.stderr,
+        "interaction_type": pair.kind,
+        "joint_delta": pair.joint_damage.mean,
+        "joint_delta_ci": pair.joint_damage.as_list(),
+        "individual_delta_i": damage[pair.first].damage.mean,
+        "individual_delta_j": damage[pair.second].damage.mean,
+        "reason": pair.reason,
+    }
+
+
+def circuit_report(run: RunInfo, result: CircuitResult, singles_source: str) -> dict:
+    plan = result.plan
+    report = header(run, "circuit")
+    report.update({
+        "strategy": plan.strategy,
+        "top_k": len(plan.candidates),
+        "candidate_layers": plan.candidates,
+        "total_pairs": len(plan.pairs),
+        "pair_evaluations": len(plan.pairs),
+        "total_evals": len(plan.pairs) * report["sample_count"],
+        "evals_definition": "total_evals = pairs x samples (as the reference counts); each pair resumes from the "
+                            "baseline's cached stream at its first layer, several pairs per forward",
+        "time_seconds": round(result.seconds, 3),
+        "single_layer_scan": singles_source,
+        "score_definition": "damage = baseline - ablated mean answer log-prob (nats), per sample",
+        "interaction_definition": "joint_delta - (individual_delta_i + individual_delta_j), per sample, then averaged; "
+                                  "95% paired bootstrap interval over samples",
+        "significance": "synergistic: interval above zero; redundant: interval below zero; otherwise independent. "
+                        "Per-pair intervals, not corrected for multiple comparisons",
+        "expected_false_positives_if_independent": result.expected_false_positives,
+        "single_layers": [
+            {"layer_idx": layer.layer, "score_delta": layer.damage.mean, "score_delta_ci": layer.damage.as_list()}
+            for layer in result.singles.layers
+        ],
+        "synergistic": [_pair(p, result) for p in result.synergistic],
+        "redundant": [_pair(p, result) for p in result.redundant],
+        "all_interactions": [_pair(p, result) for p in result.pairs],
+        "layer_similarity": plan.similarity.tolist() if plan.similarity is not None else None,
+        "layer_similarity_definition": "cosine of two layers' outputs at the same token, mean over every probe token"
+                                       if plan.similarity is not None else None,
+    })
+    return report
+
+
+def circuit_figure(report: dict) -> go.Figure:
+    """Layer x layer heatmap of the interaction (symmetric; untested pairs blank)."""
+    size = report["total_layers"]
+    z: list[list[float | None]] = [[None] * size for _ in range(size)]
+    text: list[list[str]] = [[""] * size for _ in range(size)]
+    marks = {"synergistic": ([], []), "redundant": ([], [])}
+    for pair in report["all_interactions"]:
+        i, j = pair["layer_i"], pair["layer_j"]
+        low, high = pair["interaction_ci"]
+        label = (f"{pair['interaction_type']}<br>95% CI {low:.4f}..{high:.4f}<br>joint damage {pair['joint_delta']:.4f}"
+                 f"<br>damage alone {pair['individual_delta_i']:.4f} + {pair['individual_delta_j']:.4f}"
+                 f"<br>tested as: {pair['reason']}")
+        for a, b in ((i, j), (j, i)):
+            z[b][a] = pair["interaction_effect"]
+            text[b][a] = label
+        if pair["interaction_type"] in marks:  # one triangle only: the map is symmetric
+            marks[pair["interaction_type"]][0].append(j)
+            marks[pair["interaction_type"]][1].append(i)
+    figure = go.Figure(go.Heatmap(
+        z=z, x=list(range(size)), y=list(range(size)), text=text, colorscale="RdBu_r", zmid=0,
+        hovertemplate="layers %{x} and %{y}<br>interaction %{z:.4f} nats<br>%{text}<extra></extra>",
+        colorbar={"title": "interaction (nats)"},
+    ))
+    for kind, symbol in (("synergistic", "circle"), ("redundant", "x")):
+        xs, ys = marks[kind]
+        if xs:
+            figure.add_scatter(x=xs, y=ys, mode="markers", name=f"{kind}: 95% interval excludes 0",
+                               marker={"symbol": symbol, "size": 5, "color": "black"}, hoverinfo="skip")
+    figure.update_layout(
+        title=(f"Layer-pair interactions — {report['model']} · probe {report['probe']} ({report['sample_count']} samples)"
+               f" · {report['strategy']}: {report['total_pairs']} pairs"),
+        xaxis_title="layer", yaxis_title="layer", template="plotly_white",
+        legend={"orientation": "h", "yanchor": "top", "y": -0.1, "xanchor": "left", "x": 0},
+        xaxis={"scaleanchor": "y", "constrain": "domain"}, yaxis={"autorange": "reversed"},
+    )
+    return figure
