@@ -328,11 +328,12 @@ def test_output_path_is_an_existing_file(command, tiny_model_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.txt"]
 
 
-def test_map_tuned_lens_not_available(tiny_model_dir, tmp_path):
+def test_map_tuned_lens_missing_file(tiny_model_dir, tmp_path, model_loading_forbidden):
     out = tmp_path / "out"
-    rc, stdout, stderr = run_inprocess(["map", "--model", str(tiny_model_dir), "--tuned-lens", "lens.pt",
+    missing = tmp_path / "lens.safetensors"
+    rc, stdout, stderr = run_inprocess(["map", "--model", str(tiny_model_dir), "--tuned-lens", str(missing),
                                         "-o", str(out)])
-    assert_usage_error(rc, stdout, stderr, ["--tuned-lens", "not available"], out)
+    assert_usage_error(rc, stdout, stderr, ["--tuned-lens", str(missing), "no such file"], out)
 
 
 # -------------------------------------------------------------------------------- positive controls

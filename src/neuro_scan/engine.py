@@ -70,6 +70,28 @@ class Engine:
                     progress(len(chunk) / len(self.blocks))
         return [score_logits(self.plan, self.backend.unembed(torch.cat(parts))) for parts in hidden]
 
+    def repeat_scan(self, blocks: Sequence[tuple[int, int]], progress: Progress | None = None) -> list[SampleScores]:
+        """Scores with each block of layers ``first..stop-1`` run twice (layer duplication: execution
+        order 0..stop-1, first..L-1), in the order given; ``first == stop`` duplicates nothing.
+
+        Layers 0..stop-1 see exactly the baseline's inputs on their first pass, so each run resumes
+        from the cached stream at boundary ``stop`` (at ``L-1`` when the block ends at the last
+        layer: the backend needs at least one layer to run) and costs L - first layer passes.
+        """
+        results = []
+        for first, stop in blocks:
+            resume = min(stop, self.num_layers - 1)
+            repeat = (first, stop) if stop > first else None
+            parts = []
+            for block in self.blocks:
+                final = self.backend.run(block.batch, repeat=repeat, start_layer=resume,
+                                         start_stream=block.streams[resume] if resume else None)[0]
+                parts.append(gather_pairs(final, self.plan, block.rows, block.pairs)[0])
+            results.append(score_logits(self.plan, self.backend.unembed(torch.cat(parts))))
+            if progress:
+                progress(1)
+        return results
+
     def _lowest(self, configuration: frozenset[int]) -> int:
         """The first layer a configuration changes (L for the empty one: nothing to rerun)."""
         return min(configuration, default=self.num_layers)

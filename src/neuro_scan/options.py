@@ -6,6 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from neuro_scan.hub.layout import REPO_ENV
+
 Model = Annotated[str, typer.Option("--model", "-m", help="Model folder, .gguf file, Hugging Face id, or 'demo' (built in).")]
 ProbeName = Annotated[str, typer.Option("--probe", "-p", help="Built-in probe name (see `neuro-scan probes`) or a probe JSON file.")]
 CustomProbe = Annotated[Optional[str], typer.Option("--custom-probe", help="Probe JSON file (our format or the reference's digits format).")]
@@ -19,3 +21,34 @@ Seed = Annotated[int, typer.Option("--seed", help="Seed for torch and the bootst
 MaxSamples = Annotated[Optional[int], typer.Option("--max-samples", help="Use only the first N samples of the probe.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show library logs and full tracebacks.")]
 TunedLens = Annotated[Optional[str], typer.Option("--tuned-lens", help="Tuned-lens file from `neuro-scan calibrate`.")]
+Strategy = Annotated[str, typer.Option("--strategy", help="Pairs to test: fast (top-K layers + neighbours), thorough "
+                                       "(+ layers with similar outputs), exhaustive (all L(L-1)/2 pairs).")]
+TopKPairs = Annotated[int, typer.Option("--top-k-pairs", help="How many of the most damaging layers are paired (fast, thorough).")]
+Probes = Annotated[str, typer.Option("--probes", help="Comma-separated probes: built-in names and/or probe JSON files.")]
+RepeatCounts = Annotated[str, typer.Option("--repeat-counts", "-r", help="Comma-separated prompt repeat counts N.")]
+DupSizes = Annotated[Optional[str], typer.Option("--dup-sizes", help="Comma-separated sizes K of the duplicated layer "
+                                                 "blocks, each tried at every position (default 1, 2, 4, ... up to L/2).")]
+Tolerance = Annotated[Optional[float], typer.Option("--tolerance", help="Relative depth within which reasoning layers "
+                                                    "of different models count as shared (default 0.05).")]
+HubRepo = Annotated[str, typer.Option("--repo", envvar=REPO_ENV, show_envvar=True,
+                                      help="Hugging Face dataset repository of pre-computed reports.")]
+HubModel = Annotated[Optional[str], typer.Option("--model", "-m", help="Model id of the report: the exact id, or a "
+                                                 "unique case-insensitive name such as qwen2-7b.")]
+HubProbe = Annotated[str, typer.Option("--probe", "-p", help="Probe the report was made with.")]
+ReportOutput = Annotated[Optional[str], typer.Option("--output", "-o", help="Also save the report as this JSON file "
+                                                     "(readable by compare and layer-scan annotate).")]
+ListReports = Annotated[bool, typer.Option("--list", help="List the reports in the repository (of --model only, if given).")]
+PublishAs = Annotated[Optional[str], typer.Option("--model", "-m", help="Hub model id to publish the report under "
+                                                  "(default: the report's 'model'; needed for a local folder).")]
+PullRequest = Annotated[bool, typer.Option("--pr/--no-pr", help="Open a pull request (default) or commit to main "
+                                           "(needs write access).")]
+LensTopK = Annotated[int, typer.Option("--top-k", "-k", help="How many top tokens to record per layer and sample.")]
+Corpus = Annotated[Optional[str], typer.Option("--corpus", help="Calibration text: a .txt file, or a .jsonl file with a "
+                                               "'text' field per line (default: the built-in public-domain corpus).")]
+LensFile = Annotated[str, typer.Option("--output", "-o", help="Tuned-lens file to write (.safetensors).")]
+Steps = Annotated[int, typer.Option("--steps", help="Optimiser steps.")]
+TokensPerStep = Annotated[int, typer.Option("--tokens-per-step", help="Corpus tokens per optimiser step.")]
+LearningRate = Annotated[float, typer.Option("--lr", help="Learning rate in the paper's units (SGD lr = lr x (1 - momentum 0.9)); "
+                                             "decays linearly to 0.")]
+Rank = Annotated[Optional[int], typer.Option("--rank", help="Low-rank translators A = U V^T of this rank (default: full d x d).")]
+HeldoutTokens = Annotated[int, typer.Option("--heldout-tokens", help="Held-out corpus tokens on which both lenses are compared.")]

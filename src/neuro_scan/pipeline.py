@@ -15,13 +15,14 @@ from pathlib import Path
 from neuro_scan.errors import UsageError
 from neuro_scan.probes import Probe, resolve_probe
 
-# (description, total units) -> context manager yielding an advance(units) function
-ProgressFactory = Callable[[str, float], contextlib.AbstractContextManager[Callable[[float], None]]]
+# (description, total units) -> context manager yielding an advance(units, status=None) function;
+# a status string, when given, is shown beside the bar (calibrate shows its current loss there)
+ProgressFactory = Callable[[str, float], contextlib.AbstractContextManager[Callable[..., None]]]
 
 
 @contextlib.contextmanager
-def no_progress(_description: str, _total: float) -> Iterator[Callable[[float], None]]:
-    yield lambda _units: None
+def no_progress(_description: str, _total: float) -> Iterator[Callable[..., None]]:
+    yield lambda _units, _status=None: None
 
 
 @dataclass
@@ -81,22 +82,27 @@ def validate(options: ScanOptions) -> tuple[Probe, Path]:
 
 def open_scan(options: ScanOptions, progress: ProgressFactory = no_progress) -> Scan:
     probe, output = validate(options)
-    import torch
-
-    from neuro_scan.backend.transformers import open_backend
     from neuro_scan.engine import Engine
 
-    torch.manual_seed(options.seed)
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    with progress(f"loading {options.model}", 1) as advance:
-        backend = open_backend(options.model, backend=options.backend, dtype=options.dtype, device=options.device)
-        advance(1)
-    timings["load_seconds"] = time.perf_counter() - started
+    backend, timings = load_backend(options, progress)
     started = time.perf_counter()
     engine = Engine(backend, probe, batch_size=options.batch_size)
     timings["baseline_seconds"] = time.perf_counter() - started
     return Scan(options, probe, output, engine, timings)
+
+
+def load_backend(options: ScanOptions, progress: ProgressFactory = no_progress):
+    """Seed torch and load the model of already validated options -> (backend, timings)."""
+    import torch
+
+    from neuro_scan.backend.transformers import open_backend
+
+    torch.manual_seed(options.seed)
+    started = time.perf_counter()
+    with progress(f"loading {options.model}", 1) as advance:
+        backend = open_backend(options.model, backend=options.backend, dtype=options.dtype, device=options.device)
+        advance(1)
+    return backend, {"load_seconds": time.perf_counter() - started}
 
 
 def _ablation(scan: Scan, progress: ProgressFactory):
@@ -119,20 +125,282 @@ def run_ablate(options: ScanOptions, progress: ProgressFactory = no_progress) ->
 
 
 def run_map(options: ScanOptions, progress: ProgressFactory = no_progress) -> tuple[dict, list[Path]]:
+    from neuro_scan.analysis.attention import run_attention
     from neuro_scan.analysis.influence import block_influence
     from neuro_scan.analysis.labels import label_layers
     from neuro_scan.analysis.lens import run_lens
     from neuro_scan.report import write_map_outputs
     from neuro_scan.report.build import map_report
 
-    if options.tuned_lens is not None:
-        raise UsageError("--tuned-lens: the tuned lens is not available in this version")
+    check_lens_file(options)
     scan = open_scan(options, progress)
+    tuned, record = load_tuned_lens(options, scan)
     ablation = _ablation(scan, progress)
     started = time.perf_counter()
-    lens = run_lens(scan.engine, top_k=5)
+    lens = run_lens(scan.engine, top_k=5, translator=tuned, seed=options.seed)
     influence = block_influence(scan.engine)
-    labels = label_layers(ablation, influence, lens.probe_emergence)
+    labels = label_layers(ablation, influence, lens)
     scan.timings["lens_and_influence_seconds"] = time.perf_counter() - started
-    report = map_report(scan.run_info(), ablation, lens, influence, labels)
+    started = time.perf_counter()
+    attention = run_attention(scan.engine)
+    scan.timings["attention_seconds"] = time.perf_counter() - started
+    report = map_report(scan.run_info(), ablation, lens, influence, labels, attention, tuned=record)
     return report, write_map_outputs(scan.output, report)
+
+
+def run_attention_command(options: ScanOptions, progress: ProgressFactory = no_progress) -> tuple[dict, list[Path]]:
+    from neuro_scan.analysis.attention import run_attention
+    from neuro_scan.report import charts, write_outputs
+    from neuro_scan.report.build import attention_report
+
+    scan = open_scan(options, progress)
+    started = time.perf_counter()
+    attention = run_attention(scan.engine)
+    scan.timings["attention_seconds"] = time.perf_counter() - started
+    report = attention_report(scan.run_info(), attention)
+    return report, write_outputs(scan.output, {"attention.json": report}, {"attention.html": charts.attention_figure(report)})
+
+
+def parse_counts(text: str, option: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]: whole numbers >= 1, each once, in the order given."""
+    values = [item.strip() for item in text.split(",")]
+    if not all(v.isdecimal() and int(v) >= 1 for v in values):
+        raise UsageError(f"{option}: '{text}' is not a comma-separated list of whole numbers >= 1")
+    if len(set(map(int, values))) != len(values):
+        raise UsageError(f"{option}: '{text}' lists a number twice")
+    return [int(v) for v in values]
+
+
+@dataclass
+class CircuitOptions:
+    strategy: str = "fast"
+    top_k_pairs: int = 10
+
+
+def _stored_or_new_ablation(scan: Scan, progress: ProgressFactory):
+    """A matching single-layer scan from report.json/ablation.json in the output folder, else a new one."""
+    import json
+
+    from neuro_scan.analysis.circuit import stored_singles
+
+    for name in ("report.json", "ablation.json"):
+        path = scan.output / name
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (OSError, ValueError):
+            continue
+        singles = stored_singles(stored, scan.engine, scan.options.seed) if isinstance(stored, dict) else None
+        if singles is not None:
+            return singles, f"reused from {path}"
+    return _ablation(scan, progress), "computed"
+
+
+def run_circuit_command(options: ScanOptions, circuit: CircuitOptions, progress: ProgressFactory = no_progress,
+                        notify: Callable[[str], None] = lambda _message: None) -> tuple[dict, list[Path]]:
+    from neuro_scan.analysis.circuit import check_strategy, layer_similarity, plan_pairs, run_circuit
+    from neuro_scan.report import write_outputs
+    from neuro_scan.report.circuit_charts import circuit_figure, circuit_report
+
+    check_strategy(circuit.strategy)
+    if circuit.top_k_pairs <= 0:
+        raise UsageError(f"--top-k-pairs: must be a whole number >= 1, got {circuit.top_k_pairs}")
+    scan = open_scan(options, progress)
+    singles, source = _stored_or_new_ablation(scan, progress)
+    similarity = None
+    if circuit.strategy == "thorough":
+        started = time.perf_counter()
+        similarity = layer_similarity(scan.engine)
+        scan.timings["similarity_seconds"] = time.perf_counter() - started
+    plan = plan_pairs(circuit.strategy, singles, circuit.top_k_pairs, similarity)
+    notify(f"circuit ({circuit.strategy}): {len(plan.pairs)} pair evaluations on {len(scan.probe.samples)} samples; "
+           f"single-layer scan {source}")
+    with progress(f"ablating {len(plan.pairs)} layer pairs", len(plan.pairs)) as advance:
+        result = run_circuit(scan.engine, singles, plan, scan.options.seed, advance)
+    scan.timings["pairs_seconds"] = result.seconds
+    report = circuit_report(scan.run_info(), result, source)
+    return report, write_outputs(scan.output, {"circuit.json": report}, {"circuit.html": circuit_figure(report)})
+
+
+def run_cross_probe_command(options: ScanOptions, probes: str,
+                            progress: ProgressFactory = no_progress) -> tuple[dict, list[Path]]:
+    """``probes``: built-in names and probe files, comma-separated; one model load for all."""
+    from dataclasses import replace
+
+    names = [name.strip() for name in probes.split(",")]
+    if len(names) < 2 or not all(names):
+        raise UsageError(f"--probes: give two or more probes separated by commas (built-in names or probe files), got '{probes}'")
+    first, output = validate(replace(options, probe=names[0], custom_probe=None))
+    resolved = [first, *(resolve_probe(name).limited(options.max_samples) for name in names[1:])]
+    seen: set[str] = set()
+    for probe in resolved:
+        if probe.name in seen:
+            raise UsageError(f"--probes: two of the probes are named '{probe.name}'")
+        seen.add(probe.name)
+
+    from neuro_scan.analysis.cross_probe import run_cross_probe
+    from neuro_scan.report import write_outputs
+    from neuro_scan.report.build import RunInfo
+    from neuro_scan.report.cross_probe_charts import cross_probe_documents, cross_probe_figure
+
+    backend, timings = load_backend(options, progress)
+    total = backend.num_layers * len(resolved)
+    with progress(f"ablating {backend.num_layers} layers under {len(resolved)} probes", total) as advance:
+        result = run_cross_probe(backend, resolved, options.batch_size, options.seed, advance)
+    timings["cross_probe_seconds"] = result.seconds
+    run = RunInfo(model=backend.info, probe=first, seed=options.seed, batch_size=options.batch_size,
+                  top_k=options.top_k, timings=timings)
+    documents = cross_probe_documents(run, result)
+    report = documents["cross_probe.json"]
+    return report, write_outputs(output, documents, {"cross_probe.html": cross_probe_figure(report)})
+
+
+def _read_report(path: str) -> object:
+    import json
+
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"{path}: no such report file")
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not a neuro-scan report (not valid JSON: {exc})") from None
+
+
+def run_compare_command(reports: list[str], output: str = "./results", tolerance: float | None = None) -> tuple[dict, list[Path]]:
+    """Compare report files (ours or the reference's). Imports no torch: it only reads JSON."""
+    from neuro_scan.analysis.compare import DEFAULT_TOLERANCE, compare, profile_from_report
+    from neuro_scan.report import prepare_output_dir, write_outputs
+    from neuro_scan.report.compare_charts import comparison_figure, comparison_report
+
+    tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
+    if len(reports) < 2:
+        raise UsageError(f"compare: give two or more report files, got {len(reports)}")
+    if not 0 <= tolerance <= 1:
+        raise UsageError(f"--tolerance: a relative depth between 0 and 1, got {tolerance}")
+    folder = prepare_output_dir(output)
+    profiles = [profile_from_report(_read_report(path), path) for path in reports]
+    report = comparison_report(compare(profiles, tolerance))
+    return report, write_outputs(folder, {"comparison.json": report}, {"comparison.html": comparison_figure(report)})
+
+
+def run_prompt_repeat_command(options: ScanOptions, repeat_counts: str = "1,2,3,4", dup_sizes: str | None = None,
+                              progress: ProgressFactory = no_progress) -> tuple[dict, list[Path]]:
+    """``dup_sizes``: block sizes K to duplicate at every position (default 1, 2, 4, ... up to L/2)."""
+    counts = parse_counts(repeat_counts, "--repeat-counts")
+    sizes = parse_counts(dup_sizes, "--dup-sizes") if dup_sizes is not None else None
+    from neuro_scan.analysis.prompt_repeat import default_block_sizes, duplication_blocks, run_prompt_repeat
+    from neuro_scan.report import write_outputs
+    from neuro_scan.report.prompt_repeat_charts import prompt_repeat_figure, prompt_repeat_report
+
+    scan = open_scan(options, progress)
+    layers = scan.engine.num_layers
+    if sizes is None:
+        sizes = default_block_sizes(layers)
+    elif max(sizes) > layers:
+        raise UsageError(f"--dup-sizes: a block of {max(sizes)} layers does not fit in this model's {layers} layers")
+    units = len(counts) + len(duplication_blocks(layers, sizes))
+    with progress(f"{len(counts)} repeat counts, {units - len(counts)} duplicated blocks", units) as advance:
+        result = run_prompt_repeat(scan.engine, counts, sizes, scan.options.seed, advance)
+    scan.timings["prompt_repeat_seconds"] = result.seconds
+    report = prompt_repeat_report(scan.run_info(), result)
+    return report, write_outputs(scan.output, {"prompt_repeat.json": report}, {"prompt_repeat.html": prompt_repeat_figure(report)})
+
+
+# -- lenses ---------------------------------------------------------------------------------------
+
+
+def check_lens_file(options: ScanOptions) -> None:
+    """``--tuned-lens FILE`` must be a neuro-scan lens file: checked before the model is loaded."""
+    if options.tuned_lens is not None:
+        from neuro_scan.analysis.tuned_lens import read_lens_record
+
+        read_lens_record(options.tuned_lens)
+
+
+def load_tuned_lens(options: ScanOptions, scan: Scan):
+    """The ``--tuned-lens`` on the scan's model -> (lens, its record), or (None, None) for the logit lens."""
+    if options.tuned_lens is None:
+        return None, None
+    from neuro_scan.analysis.tuned_lens import load_lens
+
+    return load_lens(options.tuned_lens, scan.engine.backend)
+
+
+def run_logit_lens(options: ScanOptions, progress: ProgressFactory = no_progress) -> tuple[dict, list[Path]]:
+    """`logit-lens`: every layer read through the logit lens (or ``--tuned-lens``) at the answers."""
+    from neuro_scan.analysis.lens import run_lens
+    from neuro_scan.report import write_lens_outputs
+    from neuro_scan.report.build import lens_report
+
+    check_lens_file(options)
+    scan = open_scan(options, progress)
+    tuned, record = load_tuned_lens(options, scan)
+    started = time.perf_counter()
+    lens = run_lens(scan.engine, top_k=options.top_k, translator=tuned, seed=options.seed)
+    scan.timings["lens_seconds"] = time.perf_counter() - started
+    report = lens_report(scan.run_info(), lens, record)
+    return report, write_lens_outputs(scan.output, report)
+
+
+@dataclass
+class CalibrateOptions:
+    model: str
+    corpus: str | None = None
+    output: str = "tuned_lens.safetensors"
+    steps: int = 64
+    tokens_per_step: int = 1024
+    lr: float = 1.0
+    rank: int | None = None
+    heldout_tokens: int = 2048
+    backend: str = "transformers"
+    dtype: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+
+
+def validate_calibrate(options: CalibrateOptions):
+    """Every check that needs no model -> (corpus, lens file path)."""
+    import math
+
+    from neuro_scan.backend.loading import DEVICES, DTYPES, resolve_source
+    from neuro_scan.corpus import resolve_corpus
+
+    for name, value in (("--steps", options.steps), ("--tokens-per-step", options.tokens_per_step),
+                        ("--heldout-tokens", options.heldout_tokens),
+                        ("--rank", 1 if options.rank is None else options.rank)):
+        if value <= 0:
+            raise UsageError(f"{name}: must be a whole number >= 1, got {value}")
+    if not (math.isfinite(options.lr) and options.lr > 0):
+        raise UsageError(f"--lr: must be a number > 0, got {options.lr}")
+    if options.backend != "transformers":
+        raise UsageError(f"--backend: calibrate runs on the transformers backend only, not '{options.backend}'")
+    if options.dtype not in DTYPES:
+        raise UsageError(f"--dtype: '{options.dtype}' is not one of {', '.join(DTYPES)}")
+    if options.device not in DEVICES:
+        raise UsageError(f"--device: '{options.device}' is not one of {', '.join(DEVICES)}")
+    output = Path(options.output)
+    if output.suffix != ".safetensors" or output.is_dir():
+        raise UsageError(f"--output: give the path of a .safetensors file for the lens, not '{options.output}'")
+    from neuro_scan.report import prepare_output_dir
+
+    prepare_output_dir(output.parent)
+    corpus = resolve_corpus(options.corpus)
+    resolve_source(options.model)
+    return corpus, output
+
+
+def run_calibrate(options: CalibrateOptions, progress: ProgressFactory = no_progress):
+    """`calibrate`: train a tuned lens on the corpus, compare it with the logit lens on held-out
+    text and write the lens file -> (Calibration, path written)."""
+    corpus, output = validate_calibrate(options)
+    from neuro_scan.analysis.tuned_lens import TrainSettings, calibrate, lens_file_bytes
+    from neuro_scan.report import write_lens_file
+
+    backend, _timings = load_backend(ScanOptions(model=options.model, backend=options.backend, dtype=options.dtype,
+                                                 device=options.device, seed=options.seed), progress)
+    settings = TrainSettings(steps=options.steps, tokens_per_step=options.tokens_per_step, lr=options.lr,
+                             rank=options.rank, heldout_tokens=options.heldout_tokens, seed=options.seed)
+    total = settings.steps + settings.heldout_tokens / settings.tokens_per_step
+    with progress(f"calibrating: {settings.steps} steps x {settings.tokens_per_step} tokens", total) as advance:
+        calibration = calibrate(backend, corpus, settings, advance)
+    return calibration, write_lens_file(output, lens_file_bytes(calibration.lens, calibration.record))

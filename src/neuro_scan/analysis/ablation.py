@@ -52,6 +52,7 @@ class AblationResult:
     ranked_layers: list[int]  # every layer, most damaging first
     seconds: float
     ablated_logprob: np.ndarray  # [L, S] per-sample answer log-prob with each layer skipped
+    baseline_logprob: np.ndarray  # [S]
     baseline_correct: np.ndarray  # [S]
     ablated_correct: np.ndarray  # [L, S]
 
@@ -92,16 +93,23 @@ def run_ablation(engine: Engine, seed: int, progress: Progress | None = None) ->
     started = time.perf_counter()
     configurations = [frozenset({layer}) for layer in range(engine.num_layers)]
     ablated = engine.skip_scan(configurations, progress)
-    layers = layer_ablations(engine.baseline, ablated, seed)
+    return ablation_result(engine.baseline, ablated, seed, time.perf_counter() - started)
+
+
+def ablation_result(baseline: SampleScores, ablated: list[SampleScores], seed: int, seconds: float) -> AblationResult:
+    """Intervals and rankings from the per-sample scores of the baseline and of each skipped layer
+    (also used to rebuild a stored scan from a report's ``per_sample`` section)."""
+    layers = layer_ablations(baseline, ablated, seed)
     ranked = sorted(range(len(layers)), key=lambda i: -layers[i].damage.mean)
     return AblationResult(
-        baseline=summarize(engine.baseline, seed),
+        baseline=summarize(baseline, seed),
         layers=layers,
         important_layers=[i for i in ranked if layers[i].significant_damage],
         improving_layers=[i for i in reversed(ranked) if layers[i].significant_gain],
         ranked_layers=ranked,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
         ablated_logprob=np.stack([a.answer_logprob for a in ablated]),
-        baseline_correct=engine.baseline.correct,
+        baseline_logprob=baseline.answer_logprob,
+        baseline_correct=baseline.correct,
         ablated_correct=np.stack([a.correct for a in ablated]),
     )

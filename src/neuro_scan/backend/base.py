@@ -95,6 +95,15 @@ class Backend(Protocol):
         """
         ...
 
-    def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Final norm + unembedding (the logit lens): residual [..., d] -> logits [..., V] in float32."""
+    def unembed(self, hidden: torch.Tensor, *, differentiable: bool = False) -> torch.Tensor:
+        """Final norm + unembedding (the logit lens): residual [..., d] -> logits [..., V] in float32.
+
+        With ``differentiable`` gradients flow back to ``hidden`` (the tuned lens trains through
+        the frozen model); the model's own parameters never require or receive a gradient.
+        """
+        ...
+
+    def unembedding_sha256(self) -> str:
+        """Fingerprint of the unembedding matrix, taken in bfloat16 so that the same model loaded
+        in float32 or bfloat16 gives the same value (a tuned lens checks it fits the model)."""
         ...

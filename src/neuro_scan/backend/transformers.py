@@ -13,6 +13,7 @@ arguments the model passes it. Around that forward we only:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -33,6 +34,10 @@ ARCHITECTURES: dict[str, tuple[str, tuple[str, ...]]] = {
     "gpt_neox": ("gpt_neox.layers", ("gpt_neox.final_layer_norm",)),
     "opt": ("model.decoder.layers", ("model.decoder.final_layer_norm", "model.decoder.project_out")),
 }
+
+
+# attention module inside a decoder layer, where it is not called self_attn
+ATTENTION_CHILD = {"gpt2": "attn", "gpt_neox": "attention"}
 
 
 def _submodule(model: nn.Module, path: str) -> nn.Module | None:
@@ -61,6 +66,7 @@ class TransformersBackend:
         layers = _submodule(model, layers_path)
         if not isinstance(layers, nn.ModuleList):
             raise UsageError(f"--model: could not find the decoder layers ({layers_path}) of this {model_type} model")
+        model.requires_grad_(False)  # neuro-scan only reads the model: no gradient may ever reach its weights
         self.model = model
         self.tokenizer = tokenizer
         self.layers: list[nn.Module] = list(layers)
@@ -196,6 +202,35 @@ class TransformersBackend:
 
         replacements[last] = forward
 
+    @torch.inference_mode()
+    def attention_weights(self, batch: TokenBatch) -> list[torch.Tensor]:
+        """Every layer's attention probabilities, [B, heads, T, T] in float32.
+
+        Captured under eager attention whatever implementation the model was loaded with
+        (SDPA and flash kernels never materialise the weights), then switched back. The model
+        still builds its own masks, so sliding-window layers attend exactly as they do normally.
+        """
+        child = ATTENTION_CHILD.get(self.info.architecture, "self_attn")
+        weights: list[torch.Tensor | None] = [None] * self.num_layers
+
+        def record(index: int):
+            def hook(_module, _args, output):
+                weights[index] = output[1].float()
+
+            return hook
+
+        previous = self.model.config._attn_implementation
+        with contextlib.ExitStack() as stack:
+            for index, layer in enumerate(self.layers):
+                stack.enter_context(_hook(getattr(layer, child).register_forward_hook(record(index))))
+            if previous != "eager":
+                self.model.set_attn_implementation("eager")
+                stack.callback(self.model.set_attn_implementation, previous)
+            self._base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        if any(w is None for w in weights):
+            raise UsageError(f"--model: could not capture attention weights of this {self.info.architecture} model")
+        return weights
+
     @staticmethod
     def _skipping_forward(layer: nn.Module, rows: torch.Tensor | None) -> Callable:
         if rows is None:
@@ -209,14 +244,18 @@ class TransformersBackend:
 
         return forward
 
-    @torch.inference_mode()
-    def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
-        for module in self._final_modules:
-            hidden = module(hidden)
-        logits = self._lm_head(hidden).float()
-        if self._softcap:
-            logits = torch.tanh(logits / self._softcap) * self._softcap
-        return logits
+    def unembed(self, hidden: torch.Tensor, *, differentiable: bool = False) -> torch.Tensor:
+        with contextlib.nullcontext() if differentiable else torch.inference_mode():
+            for module in self._final_modules:
+                hidden = module(hidden)
+            logits = self._lm_head(hidden).float()
+            if self._softcap:
+                logits = torch.tanh(logits / self._softcap) * self._softcap
+            return logits
+
+    def unembedding_sha256(self) -> str:
+        weight = self._lm_head.weight.detach().to("cpu", torch.bfloat16).contiguous()
+        return hashlib.sha256(weight.view(torch.int16).numpy().tobytes()).hexdigest()
 
 
 @contextlib.contextmanager

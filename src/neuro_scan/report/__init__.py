@@ -6,11 +6,11 @@ import csv
 import io
 from pathlib import Path
 
-from neuro_scan.report import charts
-from neuro_scan.report.build import CSV_COLUMNS, csv_rows
-from neuro_scan.report.files import prepare_output_dir, write_json, write_text
+from neuro_scan.report import charts, lens_charts
+from neuro_scan.report.files import prepare_output_dir, write_bytes, write_json, write_text
 
-__all__ = ["prepare_output_dir", "write_ablation_outputs", "write_map_outputs"]
+__all__ = ["prepare_output_dir", "write_ablation_outputs", "write_lens_file", "write_lens_outputs", "write_map_outputs",
+           "write_outputs"]
 
 
 def _write_plotly_js(folder: Path) -> None:
@@ -22,6 +22,8 @@ def _write_plotly_js(folder: Path) -> None:
 
 
 def _write_csv(path: Path, report: dict) -> Path:
+    from neuro_scan.report.build import CSV_COLUMNS, csv_rows  # build needs torch; `compare` must not
+
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -39,6 +41,39 @@ def write_ablation_outputs(folder: Path, report: dict, json_name: str = "ablatio
 
 
 def write_map_outputs(folder: Path, report: dict) -> list[Path]:
-    written = write_ablation_outputs(folder, report, json_name="report.json")
-    written.append(write_text(folder / "logit_lens.html", charts.page(charts.logit_lens_figure(report))))
+    """report.json, ablation.csv, one page per chart, and index.html holding them all."""
+    from neuro_scan.report.dashboard import dashboard_page
+
+    figures = {
+        "ablation.html": charts.ablation_figure(report),
+        "logit_lens.html": lens_charts.logit_lens_figure(report),
+        "entropy_profile.html": lens_charts.entropy_profile_figure(report),
+        "attention.html": charts.attention_figure(report),
+    }
+    written = write_outputs(folder, {"report.json": report}, figures)
+    written.insert(1, _write_csv(folder / "ablation.csv", report))
+    titles = {"ablation.html": "Ablation", "logit_lens.html": "Logit lens", "entropy_profile.html": "Entropy profile",
+              "attention.html": "Attention entropy"}
+    page = dashboard_page(report, {titles.get(name, name): figure for name, figure in figures.items()})
+    written.append(write_text(folder / "index.html", page))
     return written
+
+
+def write_outputs(folder: Path, documents: dict[str, dict], figures: dict) -> list[Path]:
+    """JSON documents and chart pages by file name (``figures``: name -> plotly Figure)."""
+    _write_plotly_js(folder)
+    written = [write_json(folder / name, document) for name, document in documents.items()]
+    written += [write_text(folder / name, charts.page(figure)) for name, figure in figures.items()]
+    return written
+
+
+def write_lens_outputs(folder: Path, report: dict) -> list[Path]:
+    """`logit-lens`: logit_lens.json, logit_lens.html and entropy_profile.html."""
+    return write_outputs(folder, {"logit_lens.json": report},
+                         {"logit_lens.html": lens_charts.logit_lens_figure(report),
+                          "entropy_profile.html": lens_charts.entropy_profile_figure(report)})
+
+
+def write_lens_file(path: Path, data: bytes) -> Path:
+    """`calibrate`: the tuned lens (safetensors bytes), written atomically."""
+    return write_bytes(path, data)

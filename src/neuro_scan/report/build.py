@@ -8,7 +8,7 @@ other consumers keep working: ``layer_labels`` is an object with a string key pe
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from neuro_scan import __version__
 from neuro_scan.analysis.ablation import AblationResult, ProbeScore
 from neuro_scan.analysis.labels import LayerLabel
 from neuro_scan.analysis.lens import LensResult
+from neuro_scan.analysis.tuned_lens import LensRecord
 from neuro_scan.backend.base import ModelInfo
 from neuro_scan.probes import Probe
 
@@ -124,6 +125,17 @@ def ablation_section(ablation: AblationResult, run: RunInfo) -> dict:
         "improving_layers": [int(i) for i in ablation.improving_layers],
         "ranked_layers": [int(i) for i in ablation.ranked_layers],
         "category_accuracy": category_accuracy(ablation, run.probe),
+        "per_sample": per_sample_section(ablation),
+    }
+
+
+def per_sample_section(ablation: AblationResult) -> dict:
+    """Per-sample outcomes, so later commands (circuit) can pair new runs with this scan's samples."""
+    return {
+        "baseline": {"answer_logprob": ablation.baseline_logprob.tolist(),
+                     "correct": ablation.baseline_correct.astype(bool).tolist()},
+        "ablated": {"answer_logprob": ablation.ablated_logprob.tolist(),
+                    "correct": ablation.ablated_correct.astype(bool).tolist()},
     }
 
 
@@ -148,22 +160,62 @@ def lens_trajectory(lens: LensResult) -> list[list[dict]]:
     ]
 
 
-def lens_summary(lens: LensResult) -> dict:
+def lens_summary(lens: LensResult, tuned: LensRecord | None = None) -> dict:
+    """The lens section; ``tuned``: the record of the tuned lens used (None: the logit lens)."""
     return {
         "lens": lens.lens,
-        "position": "each sample's first answer position (the prediction of the answer's first token)",
+        "tuned_lens": asdict(tuned) if tuned is not None else None,
+        "position": "answer probability and rank over every answer token, each at the position predicting it; "
+                    "top-k, entropy and KL at each sample's first answer position",
+        "answer_prob_definition": "probability of the whole answer (product over its tokens, teacher-forced)",
+        "answer_rank_definition": "worst rank among the answer's tokens (0: every answer token is top-1)",
+        "kl_definition": "KL(model's final distribution || lens distribution), bits",
         "entropy_unit": "bits",
         "answer_tokens": lens.answer_tokens,
         "emergence_layer": lens.probe_emergence,
         "emergence_definition": "first layer from which the answer stays top-1 to the last layer for at least half the samples",
+        "prob_emergence_layer": lens.probe_prob_emergence,
         "per_sample_emergence": lens.emergence,
         "per_sample_prob_emergence": lens.prob_emergence,
         "prob_emergence_threshold": lens.emergence_prob_threshold,
         "mean_answer_prob": [float(np.mean(layer.answer_prob)) for layer in lens.layers],
         "mean_entropy_bits": [float(np.mean(layer.entropy_bits)) for layer in lens.layers],
+        "mean_entropy_bits_ci": [interval.as_list() for interval in lens.entropy_mean],
         "mean_kl_to_final_bits": [float(np.mean(layer.kl_to_final_bits)) for layer in lens.layers],
         "top1_fraction": [float(np.mean(layer.answer_rank == 0)) for layer in lens.layers],
     }
+
+
+def lens_report(run: RunInfo, lens: LensResult, tuned: LensRecord | None = None) -> dict:
+    """logit_lens.json of `logit-lens`: the trajectory with the reference's keys and the summary."""
+    report = header(run, "logit-lens")
+    report["logit_lens_trajectory"] = lens_trajectory(lens)
+    report["logit_lens"] = lens_summary(lens, tuned)
+    report["tuned_lens_file"] = run.lens_file
+    return report
+
+
+def attention_section(attention) -> dict:
+    """``attention_entropy`` ([layer][head], bits at the answer position) as the reference names it."""
+    return {
+        "attention_entropy": attention.answer_bits.tolist(),
+        "attention": {
+            "unit": "bits",
+            "capture": "eager attention weights (switched to for the capture, whatever the model was loaded with)",
+            "answer_position_bits": attention.answer_bits.tolist(),
+            "answer_position_normalized": attention.answer_normalized.tolist(),
+            "all_positions_bits": attention.all_positions_bits.tolist(),
+            "all_positions_normalized": attention.all_positions_normalized.tolist(),
+            "layer_mean_bits": attention.layer_mean_bits,
+            "normalization": "entropy / log2(number of attended keys); 1 = uniform over the keys it can see",
+        },
+    }
+
+
+def attention_report(run: RunInfo, attention) -> dict:
+    report = header(run, "attention")
+    report.update(attention_section(attention))
+    return report
 
 
 def labels_section(labels: list[LayerLabel]) -> dict:
@@ -175,15 +227,14 @@ def labels_section(labels: list[LayerLabel]) -> dict:
 
 
 def map_report(run: RunInfo, ablation: AblationResult, lens: LensResult, block_influence: list[float],
-               labels: list[LayerLabel]) -> dict:
+               labels: list[LayerLabel], attention, tuned: LensRecord | None = None) -> dict:
     report = header(run, "map")
     report.update(ablation_section(ablation, run))
     report.update(labels_section(labels))
     report["logit_lens_trajectory"] = lens_trajectory(lens)
-    report["logit_lens"] = lens_summary(lens)
+    report["logit_lens"] = lens_summary(lens, tuned)
     report["tuned_lens_file"] = run.lens_file
-    report["attention_entropy"] = None
-    report["attention_entropy_reason"] = "not computed: attention entropy is not implemented in this version"
+    report.update(attention_section(attention))
     report["block_influence"] = block_influence
     report["block_influence_definition"] = "1 - cos(layer input, layer output), mean over every non-pad probe token"
     return report
