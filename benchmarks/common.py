@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,3 +25,12 @@ def timings(fn: Callable[[], object], repeats: int) -> list[float]:
         fn()
         times.append(time.perf_counter() - started)
     return times
+
+
+def print_results(results: dict, json_path: str | None) -> None:
+    """One aligned line per number; also a JSON file when asked."""
+    width = max(len(k) for k in results)
+    for key, value in results.items():
+        print(f"{key:<{width}}  {value:.4g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
