@@ -23,7 +23,7 @@ so users' existing files keep working: each sample becomes a ten-way choice over
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -48,7 +48,6 @@ class Probe:
     group: str = "general"
     source: str = "built-in"
     digit_scoring: bool = False  # reference format: also report the expected digit E[d]
-    metadata: dict = field(default_factory=dict, compare=False)
 
     @property
     def answer_type(self) -> str:
@@ -64,8 +63,7 @@ class Probe:
         """The first ``max_samples`` samples (all of them when None)."""
         if max_samples is None or max_samples >= len(self.samples):
             return self
-        return Probe(self.name, self.description, self.samples[:max_samples], self.group,
-                     self.source, self.digit_scoring, self.metadata)
+        return replace(self, samples=self.samples[:max_samples])
 
 
 def _builtin_dir():

@@ -41,9 +41,6 @@ class TokenBatch:
         return TokenBatch(self.input_ids.repeat(times, 1), self.attention_mask.repeat(times, 1),
                           self.lengths.repeat(times))
 
-    def rows(self, index: torch.Tensor | slice) -> TokenBatch:
-        return TokenBatch(self.input_ids[index], self.attention_mask[index], self.lengths[index])
-
 
 @dataclass(frozen=True)
 class ModelInfo:
