@@ -59,21 +59,22 @@ class Scan:
                        lens_file=self.options.tuned_lens)
 
 
-def validate(options: ScanOptions) -> tuple[Probe, Path]:
-    from neuro_scan.backend.loading import DEVICES, DTYPES, resolve_source
-    from neuro_scan.report import prepare_output_dir
-
-    for name, value in (("--batch-size", options.batch_size), ("--top-k", options.top_k)):
+def check_positive(*options: tuple[str, int]) -> None:
+    """Whole-number options that must be >= 1, as (option name, value) pairs."""
+    for name, value in options:
         if value <= 0:
             raise UsageError(f"{name}: must be a whole number >= 1, got {value}")
-    if options.max_samples is not None and options.max_samples <= 0:
-        raise UsageError(f"--max-samples: must be a whole number >= 1, got {options.max_samples}")
+
+
+def validate(options: ScanOptions) -> tuple[Probe, Path]:
+    from neuro_scan.backend.loading import check_dtype_and_device, resolve_source
+    from neuro_scan.report import prepare_output_dir
+
+    check_positive(("--batch-size", options.batch_size), ("--top-k", options.top_k),
+                   ("--max-samples", 1 if options.max_samples is None else options.max_samples))
     if options.backend not in ("transformers", "exllamav2"):
         raise UsageError(f"--backend: '{options.backend}' is not one of transformers, exllamav2")
-    if options.dtype not in DTYPES:
-        raise UsageError(f"--dtype: '{options.dtype}' is not one of {', '.join(DTYPES)}")
-    if options.device not in DEVICES:
-        raise UsageError(f"--device: '{options.device}' is not one of {', '.join(DEVICES)}")
+    check_dtype_and_device(options.dtype, options.device)
     probe = resolve_probe(options.probe, options.custom_probe).limited(options.max_samples)
     output = prepare_output_dir(options.output)
     resolve_source(options.model)
@@ -362,22 +363,16 @@ def validate_calibrate(options: CalibrateOptions):
     """Every check that needs no model -> (corpus, lens file path)."""
     import math
 
-    from neuro_scan.backend.loading import DEVICES, DTYPES, resolve_source
+    from neuro_scan.backend.loading import check_dtype_and_device, resolve_source
     from neuro_scan.corpus import resolve_corpus
 
-    for name, value in (("--steps", options.steps), ("--tokens-per-step", options.tokens_per_step),
-                        ("--heldout-tokens", options.heldout_tokens),
-                        ("--rank", 1 if options.rank is None else options.rank)):
-        if value <= 0:
-            raise UsageError(f"{name}: must be a whole number >= 1, got {value}")
+    check_positive(("--steps", options.steps), ("--tokens-per-step", options.tokens_per_step),
+                   ("--heldout-tokens", options.heldout_tokens), ("--rank", 1 if options.rank is None else options.rank))
     if not (math.isfinite(options.lr) and options.lr > 0):
         raise UsageError(f"--lr: must be a number > 0, got {options.lr}")
     if options.backend != "transformers":
         raise UsageError(f"--backend: calibrate runs on the transformers backend only, not '{options.backend}'")
-    if options.dtype not in DTYPES:
-        raise UsageError(f"--dtype: '{options.dtype}' is not one of {', '.join(DTYPES)}")
-    if options.device not in DEVICES:
-        raise UsageError(f"--device: '{options.device}' is not one of {', '.join(DEVICES)}")
+    check_dtype_and_device(options.dtype, options.device)
     output = Path(options.output)
     if output.suffix != ".safetensors" or output.is_dir():
         raise UsageError(f"--output: give the path of a .safetensors file for the lens, not '{options.output}'")

@@ -59,11 +59,26 @@ def resolve_source(model: str) -> ModelSource:
     return ModelSource("hub", model, model)
 
 
+def check_dtype_and_device(dtype: str, device: str) -> None:
+    """The names alone, before torch is imported (availability is checked at load)."""
+    check_dtype(dtype)
+    check_device(device)
+
+
+def check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise UsageError(f"--dtype: '{dtype}' is not one of {', '.join(DTYPES)}")
+
+
+def check_device(device: str) -> None:
+    if device not in DEVICES:
+        raise UsageError(f"--device: '{device}' is not one of {', '.join(DEVICES)}")
+
+
 def resolve_device(device: str):
     import torch
 
-    if device not in DEVICES:
-        raise UsageError(f"--device: '{device}' is not one of {', '.join(DEVICES)}")
+    check_device(device)
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -81,8 +96,7 @@ def resolve_dtype(dtype: str, device):
     """``auto``: float32 on CPU (float16 matmuls are several times slower there), bfloat16 on CUDA."""
     import torch
 
-    if dtype not in DTYPES:
-        raise UsageError(f"--dtype: '{dtype}' is not one of {', '.join(DTYPES)}")
+    check_dtype(dtype)
     if dtype == "auto":
         return {"cuda": torch.bfloat16, "mps": torch.float16}.get(device.type, torch.float32)
     return getattr(torch, dtype)
