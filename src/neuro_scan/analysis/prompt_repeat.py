@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from neuro_scan.engine import Engine, Progress
-from neuro_scan.probes import Probe, Sample
+from neuro_scan.probes import Probe
 from neuro_scan.scoring import Interval, SampleScores, bootstrap_means
 
 SEPARATOR = " "  # between prompt copies: a space encodes in every vocabulary (a newline may not)
@@ -40,8 +40,7 @@ BEST_MATCHES = 3
 
 def repeated_probe(probe: Probe, count: int) -> Probe:
     """The probe with each prompt written ``count`` times; answers and choices unchanged."""
-    samples = tuple(Sample(SEPARATOR.join([s.prompt] * count), s.answer, s.choices, s.category) for s in probe.samples)
-    return Probe(probe.name, probe.description, samples, probe.group, probe.source, probe.digit_scoring, probe.metadata)
+    return replace(probe, samples=tuple(replace(s, prompt=SEPARATOR.join([s.prompt] * count)) for s in probe.samples))
 
 
 def default_block_sizes(num_layers: int) -> list[int]:
