@@ -22,6 +22,44 @@ import torch
 # layer index -> rows of the batch in which that layer is skipped (None: every row)
 LayerSkips = Mapping[int, torch.Tensor | None]
 
+# what a target names inside decoder layer ``layer``
+TARGET_PARTS = ("layer", "attention", "mlp", "head")
+# how a target is removed: "zero" (its contribution to the residual stream is zero; for a whole
+# layer that is the skip) or "mean" (replaced by its mean over the probe's real tokens)
+ABLATIONS = ("zero", "mean")
+
+
+@dataclass(frozen=True, order=True)
+class Target:
+    """One place to intervene: a whole decoder layer, its attention block, its MLP block, or one
+    attention head (its slice of the attention output projection's input)."""
+
+    layer: int
+    part: str = "layer"
+    head: int = -1  # only for part == "head"
+
+    def __post_init__(self) -> None:
+        if self.part not in TARGET_PARTS:
+            raise ValueError(f"target part must be one of {TARGET_PARTS}, got {self.part!r}")
+        if (self.part == "head") != (self.head >= 0):
+            raise ValueError("a head index is given exactly for part 'head'")
+
+    def __str__(self) -> str:
+        if self.part == "layer":
+            return f"L{self.layer}"
+        return f"L{self.layer}.H{self.head}" if self.part == "head" else f"L{self.layer}.{self.part}"
+
+
+@dataclass
+class Intervention:
+    """Remove ``target`` in ``rows`` of the batch (None: every row). ``value`` is what replaces it:
+    None for zero ablation, else a mean broadcast over positions (for a whole layer: the mean of
+    its residual update; for attention/MLP: the mean of the block's output; for a head: the mean of
+    its slice of the output projection's input)."""
+
+    rows: torch.Tensor | None = None
+    value: torch.Tensor | None = None
+
 
 @dataclass
 class TokenBatch:
@@ -80,6 +118,7 @@ class Backend(Protocol):
         start_stream: torch.Tensor | None = None,
         capture: bool = False,
         repeat: tuple[int, int] | None = None,
+        interventions: Mapping[Target, Intervention] | None = None,
     ) -> list[torch.Tensor | None]:
         """Run the model on ``batch`` and return residual streams ([B, T, d] each).
 
@@ -89,7 +128,18 @@ class Backend(Protocol):
         passes the stream through the named layers unchanged (in the given rows).
         ``repeat=(i, j)`` runs layers i..j-1 a second time right after layer j-1 (layer
         duplication: execution order 0..j-1, i..L-1), without ``capture``.
+        ``interventions`` remove targets (see :class:`Target`) in layers >= ``start_layer``.
         """
+        ...
+
+    def target_means(self, batch: TokenBatch, targets: Sequence[Target]) -> dict[Target, tuple[torch.Tensor, int]]:
+        """For mean ablation: per target, the sum over the batch's real tokens of what the target
+        contributes (see :class:`Intervention`) and the number of tokens summed."""
+        ...
+
+    def targets_in(self, layer: int) -> list[Target]:
+        """The targets that exist in one layer: the layer, and where the architecture has them,
+        its attention and MLP blocks and each attention head."""
         ...
 
     def unembed(self, hidden: torch.Tensor, *, differentiable: bool = False) -> torch.Tensor:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from neuro_scan.backend.base import LayerSkips, ModelInfo, TokenBatch
+from neuro_scan.backend import components
+from neuro_scan.backend.base import Intervention, LayerSkips, ModelInfo, Target, TokenBatch
 from neuro_scan.errors import UsageError
 
 # model_type -> (path of the decoder layer list, paths of the modules applied after the last layer)
@@ -125,6 +126,7 @@ class TransformersBackend:
         start_stream: torch.Tensor | None = None,
         capture: bool = False,
         repeat: tuple[int, int] | None = None,
+        interventions: Mapping[Target, Intervention] | None = None,
     ) -> list[torch.Tensor | None]:
         num_layers = self.num_layers
         if not 0 <= start_layer <= num_layers:
@@ -140,6 +142,11 @@ class TransformersBackend:
         for j, rows in skip.items():
             if j >= start_layer:
                 replacements[j] = self._skipping_forward(self.layers[j], rows)
+        later = {t: i for t, i in (interventions or {}).items() if t.layer >= start_layer}
+        for target, intervention in later.items():
+            if target.part == "layer":
+                replacements[target.layer] = self._skipping_forward(self.layers[target.layer], intervention.rows,
+                                                                    intervention.value)
 
         def record(index: int):
             def hook(_module, _args, output):
@@ -155,6 +162,9 @@ class TransformersBackend:
                 if capture:
                     raise ValueError("capture is not defined for a run with a repeated block")
                 self._repeat_block(repeat, replacements, stack)
+            for target, intervention in later.items():
+                if target.part != "layer":
+                    stack.enter_context(_hook(self._component_hook(target, intervention)))
             recorded = range(start_layer, num_layers) if capture else [num_layers - 1]
             if start_layer < num_layers:
                 for j in recorded:
@@ -232,17 +242,75 @@ class TransformersBackend:
         return weights
 
     @staticmethod
-    def _skipping_forward(layer: nn.Module, rows: torch.Tensor | None) -> Callable:
+    def _skipping_forward(layer: nn.Module, rows: torch.Tensor | None, value: torch.Tensor | None = None) -> Callable:
+        """The layer's output replaced by its input (skip), or by its input plus ``value`` (the
+        mean of the layer's residual update: mean ablation), in ``rows`` (None: every row)."""
+
+        def passed(hidden: torch.Tensor) -> torch.Tensor:
+            return hidden if value is None else hidden + value.to(hidden.dtype)
+
         if rows is None:
-            return lambda *args, **kwargs: _hidden_arg(args, kwargs)
+            return lambda *args, **kwargs: passed(_hidden_arg(args, kwargs))
         original = type(layer).forward.__get__(layer)
         keep = rows.view(-1, 1, 1)
 
         def forward(*args, **kwargs):
             hidden = _hidden_arg(args, kwargs)
-            return torch.where(keep, hidden, original(*args, **kwargs))
+            return torch.where(keep, passed(hidden), original(*args, **kwargs))
 
         return forward
+
+    # -- component targets --------------------------------------------------------------------
+
+    def targets_in(self, layer: int) -> list[Target]:
+        found = [Target(layer)]
+        found += [Target(layer, part) for part in ("attention", "mlp") if components.find_part(self.layers[layer], part)]
+        if self.info.num_heads and components.find_output_projection(self.layers[layer]) is not None:
+            found += [Target(layer, "head", head) for head in range(self.info.num_heads)]
+        return found
+
+    def _target_module(self, target: Target) -> nn.Module:
+        module = components.hooked_module(self.layers[target.layer], target)
+        if module is None:
+            raise UsageError(f"layer {target.layer} of this {self.info.architecture} model has no {target.part} "
+                             "block neuro-scan can find")
+        return module
+
+    def _component_hook(self, target: Target, intervention: Intervention):
+        module = self._target_module(target)
+        if target.part == "head":
+            return module.register_forward_pre_hook(components.head_input_hook(target.head, self.info.num_heads,
+                                                                               intervention))
+        return module.register_forward_hook(components.block_output_hook(intervention))
+
+    @torch.inference_mode()
+    def target_means(self, batch: TokenBatch, targets: Sequence[Target]) -> dict[Target, tuple[torch.Tensor, int]]:
+        real = batch.attention_mask.bool()
+        sums: dict[Target, torch.Tensor] = {}
+
+        def add(target: Target, values: torch.Tensor) -> None:
+            total = values[real].double().sum(dim=0)
+            sums[target] = sums[target] + total if target in sums else total
+
+        def hook_for(target: Target):
+            if target.part == "layer":
+                return lambda _m, args, kwargs, output: add(target, output - _hidden_arg(args, kwargs))
+            if target.part == "head":
+                return lambda _m, args: add(target, components.head_slice(args[0], target.head, self.info.num_heads))
+            return lambda _m, _args, output: add(target, output[0] if isinstance(output, tuple) else output)
+
+        with contextlib.ExitStack() as stack:
+            for target in targets:
+                if target.part == "layer":
+                    handle = self.layers[target.layer].register_forward_hook(hook_for(target), with_kwargs=True)
+                elif target.part == "head":
+                    handle = self._target_module(target).register_forward_pre_hook(hook_for(target))
+                else:
+                    handle = self._target_module(target).register_forward_hook(hook_for(target))
+                stack.enter_context(_hook(handle))
+            self._base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        count = int(real.sum())
+        return {target: (total, count) for target, total in sums.items()}
 
     def unembed(self, hidden: torch.Tensor, *, differentiable: bool = False) -> torch.Tensor:
         with contextlib.nullcontext() if differentiable else torch.inference_mode():
