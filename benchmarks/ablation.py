@@ -22,7 +22,7 @@ import torch
 from common import print_results, smollm2_gguf, timings
 
 from neuro_scan.analysis.ablation import run_ablation
-from neuro_scan.backend.transformers import open_backend
+from neuro_scan.backend import open_backend
 from neuro_scan.engine import Engine
 from neuro_scan.probes import load_builtin
 

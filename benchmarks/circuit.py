@@ -28,7 +28,7 @@ from common import print_results, smollm2_gguf, timings
 
 from neuro_scan.analysis.ablation import run_ablation
 from neuro_scan.analysis.circuit import plan_pairs, run_circuit
-from neuro_scan.backend.transformers import open_backend
+from neuro_scan.backend import open_backend
 from neuro_scan.engine import Engine
 from neuro_scan.probes import resolve_probe
 

@@ -20,6 +20,6 @@ def smollm2_gguf() -> str:
 
 @pytest.fixture(scope="session")
 def smollm2_backend():
-    from neuro_scan.backend.transformers import open_backend
+    from neuro_scan.backend import open_backend
 
     return open_backend(smollm2_gguf(), device="cpu")

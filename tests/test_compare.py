@@ -186,10 +186,10 @@ def test_two_real_models_of_different_depth(smollm2_backend, tmp_path, monkeypat
     from conftest import smollm2_gguf
     from test_smollm2 import CAPITALS
 
-    real_open = transformers_backend.open_backend
+    real_open = transformers_backend.open_model
     smollm2 = smollm2_gguf()
     # SmolLM2 is loaded once per session already: hand the CLI that backend instead of a second load
-    monkeypatch.setattr(transformers_backend, "open_backend",
+    monkeypatch.setattr(transformers_backend, "open_model",
                         lambda model, **kw: smollm2_backend if model == smollm2 else real_open(model, **kw))
     gemma = str(gemma_gguf())
     reports = []

@@ -7,7 +7,8 @@ import json
 from typer.testing import CliRunner
 
 from neuro_scan.backend.loading import demo_model_dir, resolve_source
-from neuro_scan.backend.transformers import TransformersBackend, open_backend
+from neuro_scan.backend import open_backend
+from neuro_scan.backend.transformers import TransformersBackend
 from neuro_scan.cli import app
 
 

@@ -67,13 +67,13 @@ def check_positive(*options: tuple[str, int]) -> None:
 
 
 def validate(options: ScanOptions) -> tuple[Probe, Path]:
+    from neuro_scan.backend import check_backend
     from neuro_scan.backend.loading import check_dtype_and_device, resolve_source
     from neuro_scan.report import prepare_output_dir
 
     check_positive(("--batch-size", options.batch_size), ("--top-k", options.top_k),
                    ("--max-samples", 1 if options.max_samples is None else options.max_samples))
-    if options.backend not in ("transformers", "exllamav2"):
-        raise UsageError(f"--backend: '{options.backend}' is not one of transformers, exllamav2")
+    check_backend(options.backend)
     check_dtype_and_device(options.dtype, options.device)
     probe = resolve_probe(options.probe, options.custom_probe).limited(options.max_samples)
     output = prepare_output_dir(options.output)
@@ -96,7 +96,7 @@ def load_backend(options: ScanOptions, progress: ProgressFactory = no_progress):
     """Seed torch and load the model of already validated options -> (backend, timings)."""
     import torch
 
-    from neuro_scan.backend.transformers import open_backend
+    from neuro_scan.backend import open_backend
 
     torch.manual_seed(options.seed)
     started = time.perf_counter()
@@ -361,6 +361,7 @@ class CalibrateOptions:
 
 def validate_calibrate(options: CalibrateOptions):
     """Every check that needs no model -> (corpus, lens file path)."""
+    from neuro_scan.backend import check_backend
     import math
 
     from neuro_scan.backend.loading import check_dtype_and_device, resolve_source
@@ -370,8 +371,7 @@ def validate_calibrate(options: CalibrateOptions):
                    ("--heldout-tokens", options.heldout_tokens), ("--rank", 1 if options.rank is None else options.rank))
     if not (math.isfinite(options.lr) and options.lr > 0):
         raise UsageError(f"--lr: must be a number > 0, got {options.lr}")
-    if options.backend != "transformers":
-        raise UsageError(f"--backend: calibrate runs on the transformers backend only, not '{options.backend}'")
+    check_backend(options.backend, gradients=True)
     check_dtype_and_device(options.dtype, options.device)
     output = Path(options.output)
     if output.suffix != ".safetensors" or output.is_dir():

@@ -347,14 +347,11 @@ def _replaced_forwards(layers: list[nn.Module], replacements: dict[int, Callable
             layers[index].__dict__.pop("forward", None)
 
 
-def open_backend(model: str, *, backend: str = "transformers", dtype: str = "auto", device: str = "auto"):
-    """``--model/--backend/--dtype/--device`` -> a ready backend."""
+def open_model(model: str, *, dtype: str = "auto", device: str = "auto") -> TransformersBackend:
+    """``--model/--dtype/--device`` -> a ready backend (registered as ``transformers`` in
+    :mod:`neuro_scan.backend`)."""
     from neuro_scan.backend.loading import load_model, resolve_device, resolve_dtype, resolve_source
 
-    if backend == "exllamav2":
-        raise UsageError("--backend: exllamav2 is not available in this version; use --backend transformers")
-    if backend != "transformers":
-        raise UsageError(f"--backend: '{backend}' is not one of transformers, exllamav2")
     source = resolve_source(model)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
