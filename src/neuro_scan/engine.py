@@ -55,6 +55,11 @@ class Engine:
         """The baseline's residual stream at every read position, at one boundary ([N, d])."""
         return torch.cat([gather_pairs(b.streams[boundary], self.plan, b.rows, b.pairs)[0] for b in self.blocks])
 
+    def real_tokens_at(self, boundary: int) -> torch.Tensor:
+        """The baseline's residual stream at one boundary over every real (non-pad) token of the
+        probe's rows, in row order ([tokens, d])."""
+        return torch.cat([b.streams[boundary][b.batch.attention_mask.bool()] for b in self.blocks])
+
     def skip_scan(self, configurations: Sequence[frozenset[int]], progress: Progress | None = None) -> list[SampleScores]:
         """Scores with each set of whole layers skipped, in the order given."""
         return self.ablation_scan([frozenset(Target(layer) for layer in c) for c in configurations], "zero", progress)

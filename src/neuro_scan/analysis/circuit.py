@@ -121,16 +121,9 @@ def stored_singles(report: dict, engine: Engine, seed: int) -> AblationResult | 
 
 def layer_similarity(engine: Engine) -> np.ndarray:
     """[L, L]: cosine of two layers' outputs at the same token, averaged over every real token."""
-    layers = engine.num_layers
-    total = torch.zeros(layers, layers, dtype=torch.float64)
-    tokens = 0
-    for block in engine.blocks:
-        real = block.batch.attention_mask.bool()
-        outputs = torch.stack([block.streams[b + 1][real].float() for b in range(layers)], dim=1)  # [T, L, d]
-        unit = torch.nn.functional.normalize(outputs, dim=-1)
-        total += torch.einsum("tld,tmd->lm", unit, unit).double().cpu()
-        tokens += int(real.sum())
-    return (total / tokens).numpy()
+    outputs = torch.stack([engine.real_tokens_at(layer + 1).float() for layer in range(engine.num_layers)], dim=1)
+    unit = torch.nn.functional.normalize(outputs, dim=-1)  # [tokens, L, d]
+    return (torch.einsum("tld,tmd->lm", unit, unit).double().cpu() / unit.shape[0]).numpy()
 
 
 def plan_pairs(strategy: str, singles: AblationResult, top_k: int, similarity: np.ndarray | None = None) -> PairPlan:
