@@ -13,7 +13,7 @@ Vocabulary used everywhere in neuro-scan:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -140,6 +140,13 @@ class Backend(Protocol):
     def targets_in(self, layer: int) -> list[Target]:
         """The targets that exist in one layer: the layer, and where the architecture has them,
         its attention and MLP blocks and each attention head."""
+        ...
+
+    def reduce_attention(self, batch: TokenBatch, reduce: Callable[[int, torch.Tensor], object]) -> list:
+        """``[reduce(layer, weights) for each layer]``, where ``weights`` are the layer's attention
+        probabilities ([B, heads, T, T], float32). Each layer's weights are handed over as soon as
+        they exist and dropped before the next layer runs: memory holds one layer's weights (the
+        caller bounds B x heads x T^2), never all L layers' at once."""
         ...
 
     def unembed(self, hidden: torch.Tensor, *, differentiable: bool = False) -> torch.Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -52,6 +53,9 @@ def _submodule(model: nn.Module, path: str) -> nn.Module | None:
 
 def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
+
+
+R = TypeVar("R")  # what a reduce function makes of one layer's attention weights
 
 
 class TransformersBackend:
@@ -213,33 +217,54 @@ class TransformersBackend:
         replacements[last] = forward
 
     @torch.inference_mode()
-    def attention_weights(self, batch: TokenBatch) -> list[torch.Tensor]:
-        """Every layer's attention probabilities, [B, heads, T, T] in float32.
+    def reduce_attention(self, batch: TokenBatch, reduce: Callable[[int, torch.Tensor], R]) -> list[R]:
+        """``reduce(layer, weights)`` for every layer, in order, where ``weights`` are that layer's
+        attention probabilities, [B, heads, T, T] in float32.
 
-        Captured under eager attention whatever implementation the model was loaded with
-        (SDPA and flash kernels never materialise the weights), then switched back. The model
-        still builds its own masks, so sliding-window layers attend exactly as they do normally.
+        ``reduce`` runs inside the forward as soon as a layer's weights exist, and the weights are
+        dropped before the next layer runs, so memory holds one layer's weights at a time (plus
+        what ``reduce`` keeps). Captured under eager attention whatever implementation the model
+        was loaded with (SDPA and flash kernels never materialise the weights), then switched
+        back. The model still builds its own masks, so sliding-window layers attend exactly as
+        they do normally.
         """
-        child = ATTENTION_CHILD.get(self.info.architecture, "self_attn")
-        weights: list[torch.Tensor | None] = [None] * self.num_layers
+        results: list = [None] * self.num_layers
+        reduced = [False] * self.num_layers
 
         def record(index: int):
             def hook(_module, _args, output):
-                weights[index] = output[1].float()
+                if output[1] is None:
+                    return None
+                results[index] = reduce(index, output[1].float())
+                reduced[index] = True
+                return (output[0], None, *output[2:])  # the layer never reads the weights: free them now
 
             return hook
 
         previous = self.model.config._attn_implementation
         with contextlib.ExitStack() as stack:
-            for index, layer in enumerate(self.layers):
-                stack.enter_context(_hook(getattr(layer, child).register_forward_hook(record(index))))
+            for index in range(self.num_layers):
+                stack.enter_context(_hook(self._attention_module(index).register_forward_hook(record(index))))
             if previous != "eager":
                 self.model.set_attn_implementation("eager")
                 stack.callback(self.model.set_attn_implementation, previous)
             self._base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-        if any(w is None for w in weights):
+        if not all(reduced):
             raise UsageError(f"--model: could not capture attention weights of this {self.info.architecture} model")
-        return weights
+        return results
+
+    def attention_weights(self, batch: TokenBatch) -> list[torch.Tensor]:
+        """Every layer's attention probabilities at once ([B, heads, T, T] float32 each): L times
+        the memory of :meth:`reduce_attention`; for looking at short inputs."""
+        return self.reduce_attention(batch, lambda _layer, weights: weights)
+
+    def _attention_module(self, index: int) -> nn.Module:
+        """The attention module of decoder layer ``index`` (its forward returns (output, weights))."""
+        child = ATTENTION_CHILD.get(self.info.architecture, "self_attn")
+        module = getattr(self.layers[index], child, None)
+        if not isinstance(module, nn.Module):
+            raise UsageError(f"--model: could not find the attention of layer {index} of this {self.info.architecture} model")
+        return module
 
     @staticmethod
     def _skipping_forward(layer: nn.Module, rows: torch.Tensor | None, value: torch.Tensor | None = None) -> Callable:
