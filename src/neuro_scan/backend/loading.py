@@ -1,12 +1,16 @@
 """Model sources -> (model, tokenizer): a local folder, a .gguf file, a Hub id, or ``demo``.
 
-Every failure a user can cause becomes a one-line :class:`UsageError`.
+Every failure a user can cause becomes a one-line :class:`UsageError`: a folder without weights,
+a truncated or corrupt weight file (named), an unreachable Hub (after one quick request, not
+huggingface_hub's retries).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -16,6 +20,10 @@ from neuro_scan.errors import UsageError
 DEMO_MODEL = "demo"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# what from_pretrained looks for in a model folder (a sharded checkpoint has an index)
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+log = logging.getLogger(__name__)
 
 
 def demo_model_dir() -> Path:
@@ -33,6 +41,8 @@ class ModelSource:
 
 def resolve_source(model: str) -> ModelSource:
     """Decide what ``--model`` names, before anything heavy is imported or loaded."""
+    if not model.strip():
+        raise UsageError("--model: must not be empty; give a model folder, a .gguf file, a Hub id or 'demo'")
     if model == DEMO_MODEL:
         return ModelSource("folder", str(demo_model_dir()), DEMO_MODEL)
     path = Path(model).expanduser()
@@ -49,6 +59,12 @@ def resolve_source(model: str) -> ModelSource:
                 f"--model: folder {model} is not a model folder (no config.json"
                 + (f"; it holds {len(ggufs)} .gguf files, name one" if ggufs else "")
                 + ")"
+            )
+        if not any((path / name).is_file() for name in WEIGHT_FILES):
+            ggufs = sorted(path.glob("*.gguf"))
+            raise UsageError(
+                f"--model: folder {model} has a config.json but no weights (none of {', '.join(WEIGHT_FILES)})"
+                + (f"; to load {ggufs[0].name}, name the .gguf file" if ggufs else "")
             )
         return ModelSource("folder", str(path), path.name if model in (".", "./") else model)
     if path.exists():
@@ -106,7 +122,7 @@ def load_model(source: ModelSource, dtype, device):
     """Load a causal LM and its tokenizer; errors a user can fix become UsageError."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs: dict = {"dtype": dtype}
+    kwargs: dict = {}
     if source.kind == "gguf":
         if importlib.util.find_spec("gguf") is None:
             raise UsageError("--model: loading .gguf files needs the gguf package: pip install 'neuro-scan[gguf]'")
@@ -114,11 +130,11 @@ def load_model(source: ModelSource, dtype, device):
         location, kwargs["gguf_file"] = str(path.parent), path.name
     else:
         location = source.location
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(location, **{k: v for k, v in kwargs.items() if k == "gguf_file"})
-        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
-    except (OSError, ValueError, KeyError, ImportError) as exc:
-        raise UsageError(_explain_load_failure(source, exc)) from None
+    unreachable = _reach_hub(source.location) if source.kind == "hub" else None
+    if unreachable is not None:
+        kwargs["local_files_only"] = True  # a cached copy still loads
+    tokenizer = _loaded(source, unreachable, lambda: AutoTokenizer.from_pretrained(location, **kwargs), "tokenizer")
+    model = _loaded(source, unreachable, lambda: AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs))
     if getattr(model.config, "quantization_config", None) is not None and source.kind == "gguf":
         # dequantized GGUF weights are plain tensors now; the stale config only blocks save_pretrained
         del model.config.quantization_config
@@ -128,15 +144,80 @@ def load_model(source: ModelSource, dtype, device):
     return model, tokenizer
 
 
-def _explain_load_failure(source: ModelSource, exc: Exception) -> str:
-    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+def _reach_hub(model_id: str) -> str | None:
+    """Before a Hub model loads: say what is being waited for, and ask the Hub once whether it answers
+    (huggingface_hub retries an unreachable Hub for about 23 s per file before using its cache).
+    Returns why the Hub cannot be reached, or None (also when HF_HUB_OFFLINE is set: nothing is asked)."""
+    from huggingface_hub import constants
+
+    from neuro_scan.hub.remote import unreachable
+
+    if constants.is_offline_mode():
+        return None
+    log.warning("contacting %s for %s (set HF_HUB_OFFLINE=1 to use the local cache only)", constants.ENDPOINT, model_id)
+    return unreachable(constants.ENDPOINT)
+
+
+def _loaded(source: ModelSource, unreachable: str | None, load: Callable, part: str = "model"):
+    """``load()``, with every failure a user can fix as a one-line UsageError; anything else is a bug
+    and keeps its traceback."""
+    try:
+        return load()
+    except Exception as exc:  # noqa: BLE001 - sorted out below: unexplained errors are raised again
+        message = _explain_load_failure(source, exc, unreachable, part)
+        if message is None:
+            raise
+        raise UsageError(message) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's whole message on one line (some span several: their first line says nothing)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _explain_load_failure(source: ModelSource, exc: Exception, unreachable: str | None, part: str) -> str | None:
+    broken = _unreadable_file(source)
+    if broken is not None:
+        return f"--model: {broken}"
+    if not isinstance(exc, (OSError, ValueError, KeyError, ImportError)):
+        return None
     if source.kind == "hub":
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-        why = "HF_HUB_OFFLINE is set" if offline else "the Hub may be unreachable or the id wrong"
+        from huggingface_hub import constants
+
+        from neuro_scan.hub.remote import cannot_reach
+
+        if unreachable is not None:
+            return f"--model: {cannot_reach(constants.ENDPOINT, unreachable, repr(source.location))}"
+        why = "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else "the Hub may be unreachable or the id wrong"
         return (
             f"--model: could not load '{source.location}' from the Hugging Face Hub or its local cache "
-            f"({why}): {first_line}"
+            f"({why}): {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}"
         )
     if "does not recognize this architecture" in str(exc) or isinstance(exc, KeyError):
-        return f"--model: {source.location}: architecture not supported by the installed transformers: {first_line}"
-    return f"--model: could not load {source.location}: {first_line}"
+        return f"--model: {source.location}: architecture not supported by the installed transformers: {_one_line(exc)}"
+    what = "the tokenizer of " if part == "tokenizer" else ""
+    return f"--model: could not load {what}{source.location}: {_one_line(exc)}"
+
+
+def _unreadable_file(source: ModelSource) -> str | None:
+    """The weight file of a local model that cannot be read, and why; None when every one reads
+    (only headers are read: a GGUF's metadata and tensor table, a safetensors file's header)."""
+    import struct
+
+    if source.kind == "gguf":
+        from gguf import GGUFReader
+
+        try:
+            GGUFReader(source.location)
+        except (ValueError, IndexError, struct.error, OSError) as exc:
+            return f"{source.location} is not a readable GGUF file (truncated or corrupt: {_one_line(exc)})"
+    elif source.kind == "folder":
+        from safetensors import SafetensorError, safe_open
+
+        for file in sorted(Path(source.location).glob("*.safetensors")):
+            try:
+                with safe_open(str(file), framework="numpy"):
+                    pass
+            except (SafetensorError, OSError) as exc:
+                return f"{file} is not a readable safetensors file (truncated or corrupt: {_one_line(exc)})"
+    return None

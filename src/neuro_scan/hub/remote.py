@@ -5,10 +5,15 @@ Downloads go through ``hf_hub_download`` (so its cache, ``HF_ENDPOINT``, ``HF_TO
 exceptions become one-line :class:`UsageError` messages that tell apart: the repository is
 missing, the Hub cannot be reached, offline mode without a cached copy, the token is refused.
 A missing file is not an error here: ``download`` returns None and the caller says what exists.
+
+huggingface_hub retries a Hub it cannot reach five times with back-off (about 23 s per file)
+before it falls back to its cache. :func:`unreachable` asks the Hub once first, so an unreachable
+Hub costs one quick request: downloads then read the cache only.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +21,7 @@ import httpx2
 from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token, hf_hub_download
 from huggingface_hub.errors import (FileMetadataError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError,
                                     RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.utils import get_session, validate_repo_id
 
 from neuro_scan.errors import UsageError
 from neuro_scan.hub.layout import INDEX_FILE, REPO_ENV, HubIndex
@@ -30,6 +35,23 @@ class NotCached(UsageError):
 
 def _first_line(error: BaseException | str) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+@functools.cache
+def unreachable(endpoint: str) -> str | None:
+    """Why the Hub at ``endpoint`` does not answer one request (no retries), or None when it answers
+    anything at all. Asked once per process."""
+    try:
+        get_session().head(endpoint, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except httpx2.TransportError as error:
+        return _first_line(error)
+    return None
+
+
+def cannot_reach(endpoint: str, why: str, what: str) -> UsageError:
+    """The error for an unreachable Hub when ``what`` (a file, a model) is not cached either."""
+    return UsageError(f"cannot reach the Hugging Face Hub at {endpoint} ({why}) and {what} is not in the local cache; "
+                      "check the network and HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use the local cache only")
 
 
 @dataclass(frozen=True)
@@ -57,11 +79,16 @@ class HubRepo:
 
     def download(self, path: str) -> Path | None:
         """The local (cached) copy of ``path``, or None when the repository has no such file."""
+        why = None if self.offline else unreachable(self.endpoint)
         try:
-            return Path(hf_hub_download(self.repo_id, path, repo_type=REPO_TYPE))
+            return Path(hf_hub_download(self.repo_id, path, repo_type=REPO_TYPE, local_files_only=why is not None))
         except RemoteEntryNotFoundError:
             return None
-        except (HfHubHTTPError, LocalEntryNotFoundError, httpx2.HTTPError) as error:
+        except LocalEntryNotFoundError as error:
+            if why is not None:
+                raise cannot_reach(self.endpoint, why, f"{path} of {self}") from None
+            raise self._explain(error, f"{path} of {self}") from None
+        except (HfHubHTTPError, httpx2.HTTPError) as error:
             raise self._explain(error, f"{path} of {self}") from None
 
     def index(self) -> HubIndex | None:
@@ -105,10 +132,7 @@ class HubRepo:
             if isinstance(cause, HfHubHTTPError):
                 error = cause  # the Hub answered, with an error status: explained below
             else:
-                why = _first_line(cause) if cause is not None else "no answer"
-                return UsageError(f"cannot reach the Hugging Face Hub at {self.endpoint} ({why}) and {what} is not "
-                                  "in the local cache; check the network and HF_ENDPOINT, or set HF_HUB_OFFLINE=1 "
-                                  "to use cached reports only")
+                return cannot_reach(self.endpoint, _first_line(cause) if cause is not None else "no answer", what)
         if isinstance(error, HfHubHTTPError) and error.response is not None:
             status = error.response.status_code
             if status == 401:
