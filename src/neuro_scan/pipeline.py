@@ -66,6 +66,16 @@ def check_positive(*options: tuple[str, int]) -> None:
             raise UsageError(f"{name}: must be a whole number >= 1, got {value}")
 
 
+SEED_MAX = 2**32 - 1
+
+
+def check_seed(seed: int) -> None:
+    """``--seed`` of every command: numpy's generators refuse negative seeds and torch's overflow
+    above 2**64 - 1, so one range that every seeded library takes (32 bits, as numpy's legacy seeding)."""
+    if not 0 <= seed <= SEED_MAX:
+        raise UsageError(f"--seed: must be a whole number from 0 to {SEED_MAX}, got {seed}")
+
+
 def validate(options: ScanOptions) -> tuple[Probe, Path]:
     from neuro_scan.backend import check_backend
     from neuro_scan.backend.loading import check_dtype_and_device, resolve_source
@@ -73,6 +83,7 @@ def validate(options: ScanOptions) -> tuple[Probe, Path]:
 
     check_positive(("--batch-size", options.batch_size), ("--top-k", options.top_k),
                    ("--max-samples", 1 if options.max_samples is None else options.max_samples))
+    check_seed(options.seed)
     check_backend(options.backend)
     check_dtype_and_device(options.dtype, options.device)
     probe = resolve_probe(options.probe, options.custom_probe).limited(options.max_samples)
@@ -369,6 +380,7 @@ def validate_calibrate(options: CalibrateOptions):
 
     check_positive(("--steps", options.steps), ("--tokens-per-step", options.tokens_per_step),
                    ("--heldout-tokens", options.heldout_tokens), ("--rank", 1 if options.rank is None else options.rank))
+    check_seed(options.seed)
     if not (math.isfinite(options.lr) and options.lr > 0):
         raise UsageError(f"--lr: must be a number > 0, got {options.lr}")
     check_backend(options.backend, gradients=True)
