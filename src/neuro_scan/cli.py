@@ -106,6 +106,19 @@ def map_command(model: Model, probe: ProbeName = "math", custom_probe: CustomPro
 
     report, written = run_map(options, progress_bar)
     _print_summary(report, written)
+    _exit_if_a_phase_failed(report)
+
+
+def _exit_if_a_phase_failed(report: dict) -> None:
+    """A warning line per failed phase, then exit code 1 (its report is written all the same)."""
+    from neuro_scan.report.build import failed_phases
+
+    failed = failed_phases(report)
+    for phase, error in failed.items():
+        console.print(f"[yellow]warning:[/yellow] the {phase} phase failed, the report has every other phase: "
+                      f"{escape(error)}", highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command("ablate")
@@ -132,10 +145,12 @@ def attention_command(model: Model, probe: ProbeName = "math", custom_probe: Cus
     from neuro_scan.pipeline import run_attention_command
 
     report, written = run_attention_command(options, progress_bar)
-    means = report["attention"]["layer_mean_bits"]
-    out.print(f"[bold]{report['model']}[/bold] · probe {report['probe']}: mean attention entropy at the answer "
-              f"position per layer (bits): " + ", ".join(f"{m:.2f}" for m in means))
+    if report["attention"] is not None:
+        means = report["attention"]["layer_mean_bits"]
+        out.print(f"[bold]{report['model']}[/bold] · probe {report['probe']}: mean attention entropy at the answer "
+                  f"position per layer (bits): " + ", ".join(f"{m:.2f}" for m in means))
     out.print("wrote " + ", ".join(str(p) for p in written))
+    _exit_if_a_phase_failed(report)
 
 
 def _ci(values: list[float]) -> str:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from neuro_scan.errors import UsageError
 from neuro_scan.probes import Probe, resolve_probe
@@ -18,6 +19,7 @@ from neuro_scan.probes import Probe, resolve_probe
 # (description, total units) -> context manager yielding an advance(units, status=None) function;
 # a status string, when given, is shown beside the bar (calibrate shows its current loss there)
 ProgressFactory = Callable[[str, float], contextlib.AbstractContextManager[Callable[..., None]]]
+T = TypeVar("T")  # what a phase of a command computes
 
 
 @contextlib.contextmanager
@@ -137,40 +139,79 @@ def run_ablate(options: ScanOptions, progress: ProgressFactory = no_progress) ->
 
 
 def run_map(options: ScanOptions, progress: ProgressFactory = no_progress) -> tuple[dict, list[Path]]:
-    from neuro_scan.analysis.attention import run_attention
+    """Phases in order: baseline, ablation, lens (logit lens, block influence, labels), attention.
+
+    report.json is written after the ablation and after each later phase, so what has finished is
+    on disk if a later phase dies. A later phase that fails (out of memory, say) is named in the
+    report's ``phases`` with its error, and every other phase is still reported. A failure in the
+    baseline or the ablation stops the command: the report is built on them."""
     from neuro_scan.analysis.influence import block_influence
     from neuro_scan.analysis.labels import label_layers
     from neuro_scan.analysis.lens import run_lens
-    from neuro_scan.report import write_map_outputs
-    from neuro_scan.report.build import map_report
+    from neuro_scan.report import write_map_outputs, write_outputs
+    from neuro_scan.report.build import Phase, map_report
 
     check_lens_file(options)
     scan = open_scan(options, progress)
     tuned, record = load_tuned_lens(options, scan)
     ablation = _ablation(scan, progress)
+    phases = {"baseline": Phase("done"), "ablation": Phase("done"), "lens": Phase(), "attention": Phase()}
+    results: dict = {}
+
+    def report() -> dict:
+        return map_report(scan.run_info(), ablation, phases, tuned=record, **results)
+
+    def lens_phase() -> dict:
+        lens = run_lens(scan.engine, top_k=5, translator=tuned, seed=options.seed)
+        influence = block_influence(scan.engine)
+        return {"lens": lens, "block_influence": influence, "labels": label_layers(ablation, influence, lens)}
+
+    write_outputs(scan.output, {"report.json": report()}, {})
+    results |= _run_phase("lens", phases, scan.timings, lens_phase, "lens_and_influence_seconds") or {}
+    write_outputs(scan.output, {"report.json": report()}, {})
+    results["attention"] = _run_phase("attention", phases, scan.timings, lambda: _attention(scan, progress))
+    final = report()
+    return final, write_map_outputs(scan.output, final)
+
+
+def _attention(scan: Scan, progress: ProgressFactory):
+    from neuro_scan.analysis.attention import attention_blocks, run_attention
+
+    with progress("attention entropy", len(attention_blocks(scan.engine))) as advance:
+        return run_attention(scan.engine, advance)
+
+
+def _run_phase(name: str, phases: dict, timings: dict[str, float], work: Callable[[], T],
+               timing: str | None = None) -> T | None:
+    """``work()`` as the phase ``name`` of a command that reports its other phases whatever
+    happens to this one: an error other than bad input (out of memory, a model that cannot do
+    this analysis) is recorded in ``phases`` and gives None."""
+    from neuro_scan.report.build import Phase
+
     started = time.perf_counter()
-    lens = run_lens(scan.engine, top_k=5, translator=tuned, seed=options.seed)
-    influence = block_influence(scan.engine)
-    labels = label_layers(ablation, influence, lens)
-    scan.timings["lens_and_influence_seconds"] = time.perf_counter() - started
-    started = time.perf_counter()
-    attention = run_attention(scan.engine)
-    scan.timings["attention_seconds"] = time.perf_counter() - started
-    report = map_report(scan.run_info(), ablation, lens, influence, labels, attention, tuned=record)
-    return report, write_map_outputs(scan.output, report)
+    try:
+        result = work()
+        phases[name] = Phase("done")
+        return result
+    except UsageError:
+        raise
+    except Exception as error:  # MemoryError, torch.OutOfMemoryError, RuntimeError, ...
+        phases[name] = Phase.failed(error)
+        return None
+    finally:
+        timings[timing or f"{name}_seconds"] = time.perf_counter() - started
 
 
 def run_attention_command(options: ScanOptions, progress: ProgressFactory = no_progress) -> tuple[dict, list[Path]]:
-    from neuro_scan.analysis.attention import run_attention
     from neuro_scan.report import charts, write_outputs
-    from neuro_scan.report.build import attention_report
+    from neuro_scan.report.build import Phase, attention_report
 
     scan = open_scan(options, progress)
-    started = time.perf_counter()
-    attention = run_attention(scan.engine)
-    scan.timings["attention_seconds"] = time.perf_counter() - started
-    report = attention_report(scan.run_info(), attention)
-    return report, write_outputs(scan.output, {"attention.json": report}, {"attention.html": charts.attention_figure(report)})
+    phases = {"baseline": Phase("done"), "attention": Phase()}
+    attention = _run_phase("attention", phases, scan.timings, lambda: _attention(scan, progress))
+    report = attention_report(scan.run_info(), attention, phases)
+    figures = {"attention.html": charts.attention_figure(report)} if attention is not None else {}
+    return report, write_outputs(scan.output, {"attention.json": report}, figures)
 
 
 def parse_counts(text: str, option: str) -> list[int]:

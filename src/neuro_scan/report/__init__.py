@@ -41,20 +41,24 @@ def write_ablation_outputs(folder: Path, report: dict, json_name: str = "ablatio
 
 
 def write_map_outputs(folder: Path, report: dict) -> list[Path]:
-    """report.json, ablation.csv, one page per chart, and index.html holding them all."""
+    """report.json, ablation.csv, one page per chart, and index.html holding them all; a phase that
+    failed has no chart pages, and the dashboard says why."""
+    from neuro_scan.report.build import failed_phases
     from neuro_scan.report.dashboard import dashboard_page
 
-    figures = {
-        "ablation.html": charts.ablation_figure(report),
-        "logit_lens.html": lens_charts.logit_lens_figure(report),
-        "entropy_profile.html": lens_charts.entropy_profile_figure(report),
-        "attention.html": charts.attention_figure(report),
+    failed = failed_phases(report)
+    makers = {  # page -> (the phase it shows, its figure)
+        "ablation.html": ("ablation", charts.ablation_figure),
+        "logit_lens.html": ("lens", lens_charts.logit_lens_figure),
+        "entropy_profile.html": ("lens", lens_charts.entropy_profile_figure),
+        "attention.html": ("attention", charts.attention_figure),
     }
+    figures = {name: figure(report) for name, (phase, figure) in makers.items() if phase not in failed}
     written = write_outputs(folder, {"report.json": report}, figures)
     written.insert(1, _write_csv(folder / "ablation.csv", report))
     titles = {"ablation.html": "Ablation", "logit_lens.html": "Logit lens", "entropy_profile.html": "Entropy profile",
               "attention.html": "Attention entropy"}
-    page = dashboard_page(report, {titles.get(name, name): figure for name, figure in figures.items()})
+    page = dashboard_page(report, {titles.get(name, name): figure for name, figure in figures.items()}, failed)
     written.append(write_text(folder / "index.html", page))
     return written
 

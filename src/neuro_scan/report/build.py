@@ -196,7 +196,10 @@ def lens_report(run: RunInfo, lens: LensResult, tuned: LensRecord | None = None)
 
 
 def attention_section(attention) -> dict:
-    """``attention_entropy`` ([layer][head], bits at the answer position) as the reference names it."""
+    """``attention_entropy`` ([layer][head], bits at the answer position) as the reference names it;
+    ``attention`` None (the phase failed): the reference key holds [] and ours null."""
+    if attention is None:
+        return {"attention_entropy": [], "attention": None}
     return {
         "attention_entropy": attention.answer_bits.tolist(),
         "attention": {
@@ -212,8 +215,35 @@ def attention_section(attention) -> dict:
     }
 
 
-def attention_report(run: RunInfo, attention) -> dict:
+@dataclass
+class Phase:
+    """How one phase of a command went: "done", "failed" (``error`` says why) or "pending" (not
+    reached yet: a report written while the command still runs, so finished phases are on disk)."""
+
+    status: str = "pending"
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, error: BaseException) -> Phase:
+        """The error as one line: its type, message and notes (an out-of-memory note says how much)."""
+        text = "; ".join(" ".join(part.split()) for part in [str(error), *getattr(error, "__notes__", [])] if part.strip())
+        return cls("failed", f"{type(error).__name__}: {text}" if text else type(error).__name__)
+
+
+def phases_section(phases: dict[str, Phase]) -> dict:
+    """``phases``: each phase in the order run, with its status (and error when it failed)."""
+    return {"phases": {name: {k: v for k, v in vars(phase).items() if v is not None} for name, phase in phases.items()}}
+
+
+def failed_phases(report: dict) -> dict[str, str]:
+    """phase -> its error, for each phase the report names as failed."""
+    return {name: phase.get("error", "") for name, phase in (report.get("phases") or {}).items()
+            if phase.get("status") == "failed"}
+
+
+def attention_report(run: RunInfo, attention, phases: dict[str, Phase]) -> dict:
     report = header(run, "attention")
+    report.update(phases_section(phases))
     report.update(attention_section(attention))
     return report
 
@@ -226,16 +256,24 @@ def labels_section(labels: list[LayerLabel]) -> dict:
     }
 
 
-def map_report(run: RunInfo, ablation: AblationResult, lens: LensResult, block_influence: list[float],
-               labels: list[LayerLabel], attention, tuned: LensRecord | None = None) -> dict:
+def map_report(run: RunInfo, ablation: AblationResult, phases: dict[str, Phase], lens: LensResult | None = None,
+               block_influence: list[float] | None = None, labels: list[LayerLabel] | None = None, attention=None,
+               tuned: LensRecord | None = None) -> dict:
+    """report.json of `map`. A phase that failed or has not run yet leaves its keys empty: the
+    reference's keys hold [] (``layer_labels``: "" for every layer), ours null."""
     report = header(run, "map")
+    report.update(phases_section(phases))
     report.update(ablation_section(ablation, run))
-    report.update(labels_section(labels))
-    report["logit_lens_trajectory"] = lens_trajectory(lens)
-    report["logit_lens"] = lens_summary(lens, tuned)
+    if labels is not None:
+        report.update(labels_section(labels))
+    else:
+        report.update({"layer_labels": {str(layer): "" for layer in range(run.model.num_layers)},
+                       "layer_label_details": {}})
+    report["logit_lens_trajectory"] = lens_trajectory(lens) if lens is not None else []
+    report["logit_lens"] = lens_summary(lens, tuned) if lens is not None else None
     report["tuned_lens_file"] = run.lens_file
     report.update(attention_section(attention))
-    report["block_influence"] = block_influence
+    report["block_influence"] = block_influence if block_influence is not None else []
     report["block_influence_definition"] = "1 - cos(layer input, layer output), mean over every non-pad probe token"
     return report
 

@@ -21,6 +21,7 @@ table { border-collapse: collapse; width: 100%; font-size: 0.9em; }
 th, td { border-bottom: 1px solid #eee; padding: 4px 8px; text-align: left; vertical-align: top; }
 .label { border-radius: 4px; padding: 1px 6px; color: #fff; white-space: nowrap; }
 .chart { min-height: 420px; }
+.failed { border: 1px solid #e45756; background: #fdeeee; border-radius: 6px; padding: 8px 14px; margin: 12px 0; }
 """
 
 
@@ -49,16 +50,25 @@ def _label_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def dashboard_page(report: dict, figures: dict[str, go.Figure]) -> str:
+def _failures(failed: dict[str, str]) -> str:
+    return "".join(f"<div class='failed'><b>The {html.escape(phase)} phase failed</b>: {html.escape(error.rstrip('.'))}. "
+                   "Its charts and keys are left out; everything else in this report is complete.</div>"
+                   for phase, error in failed.items())
+
+
+def dashboard_page(report: dict, figures: dict[str, go.Figure], failed: dict[str, str] | None = None) -> str:
+    """``failed``: phase -> error, for the phases that failed (their figures are not given)."""
+    failed = failed or {}
     baseline = report["baseline"]
     lens = report.get("logit_lens") or {}
     emergence = lens.get("emergence_layer")
+    emerges = "lens failed" if "lens" in failed else "never" if emergence is None else f"layer {emergence}"
     numbers = [
         _number("baseline answer log-prob", f"{baseline['score']:.3f} [{baseline['score_ci'][0]:.3f}, {baseline['score_ci'][1]:.3f}]"),
         _number("baseline accuracy", f"{baseline['accuracy']:.3f}"),
         _number("top layers", ", ".join(str(i) for i in report["top_important_layers"][:6]) or "none"),
         _number("significant layers", f"{len(report.get('significantly_important_layers', []))} of {report['total_layers']}"),
-        _number("answer emerges (lens)", "never" if emergence is None else f"layer {emergence}"),
+        _number("answer emerges (lens)", emerges),
         _number("scan time", f"{report['scan_time_seconds']:.1f} s"),
     ]
     charts = "\n".join(
@@ -78,6 +88,7 @@ def dashboard_page(report: dict, figures: dict[str, go.Figure]) -> str:
 <h1>{html.escape(title)}</h1>
 <div class="meta">{html.escape(meta)}</div>
 <div class="numbers">{''.join(numbers)}</div>
+{_failures(failed)}
 {charts}
 <h2>Layer labels</h2>
 {_label_table(report)}
