@@ -175,8 +175,8 @@ def circuit_command(model: Model, probe: ProbeName = "math", custom_probe: Custo
               for kind in ("synergistic", "redundant", "independent")}
     out.print(f"[bold]{report['model']}[/bold] · probe {report['probe']} · {report['strategy']}: {report['total_pairs']} pairs "
               f"in {report['time_seconds']:.1f} s: {counts['synergistic']} synergistic, {counts['redundant']} redundant, "
-              f"{counts['independent']} independent (about {report['expected_false_positives_if_independent']:.1f} "
-              "significant by chance alone)")
+              f"{counts['independent']} independent (false-discovery rate 5%: about "
+              f"{report['expected_false_discoveries']:.1f} of the significant may be chance)")
     table = Table("pair", "type", "interaction (nats)", "95% CI", "joint damage", "damage alone")
     for pair in report["synergistic"][:5] + report["redundant"][:5]:
         table.add_row(f"{pair['layer_i']}+{pair['layer_j']}", pair["interaction_type"], f"{pair['interaction_effect']:+.4f}",

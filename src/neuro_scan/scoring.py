@@ -1,4 +1,4 @@
-"""Teacher-forced scoring of probe answers, and bootstrap confidence intervals.
+"""Teacher-forced scoring of probe answers.
 
 No generation: each answer (or each choice) is appended to its prompt and the model's
 log-probability of the answer tokens is read off one forward pass.
@@ -26,8 +26,7 @@ import torch
 from neuro_scan.backend.base import Backend
 from neuro_scan.errors import UsageError
 from neuro_scan.probes import Probe
-
-BOOTSTRAP_RESAMPLES = 2000
+from neuro_scan.statistics import Interval  # noqa: F401  (re-exported: intervals moved to statistics.py)
 
 
 @dataclass
@@ -170,40 +169,6 @@ def score_logits(plan: ScoringPlan, logits: torch.Tensor) -> SampleScores:
         correct=correct.numpy(),
         expected_digit=np.array(digits) if plan.digit_scoring else None,
     )
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A bootstrap estimate: the mean, its 95% percentile interval and its standard error."""
-
-    mean: float
-    low: float
-    high: float
-    stderr: float
-
-    @property
-    def excludes_zero(self) -> bool:
-        return self.low > 0 or self.high < 0
-
-    def as_list(self) -> list[float]:
-        return [self.low, self.high]
-
-
-def bootstrap_means(values: np.ndarray, seed: int, resamples: int = BOOTSTRAP_RESAMPLES) -> list[Interval]:
-    """Intervals for the mean over the last axis of ``values`` ([..., S] -> one Interval per row).
-
-    Every row is resampled with the same sample indices, so paired differences across rows
-    (e.g. layers) stay paired.
-    """
-    values = np.atleast_2d(np.asarray(values, dtype=np.float64))
-    num_samples = values.shape[-1]
-    index = np.random.default_rng(seed).integers(0, num_samples, size=(resamples, num_samples))
-    means = values[:, index].mean(axis=-1)  # [rows, resamples]
-    low, high = np.percentile(means, [2.5, 97.5], axis=-1)
-    return [
-        Interval(float(m), float(lo), float(hi), float(se))
-        for m, lo, hi, se in zip(values.mean(axis=-1), low, high, means.std(axis=-1))
-    ]
 
 
 def split_rows(num_rows: int, batch_size: int) -> list[slice]:

@@ -3,6 +3,10 @@
 damage = baseline score - ablated score (mean answer log-prob, nats): positive means the layer
 helped. Layers are ranked by damage, never by its absolute value; a layer whose removal
 improves the score is listed separately.
+
+Significance: each layer's damage is tested against zero (paired over samples, bootstrap-t), and
+the L tests are corrected together (Benjamini-Hochberg, q = 0.05): a layer does significant damage
+when its adjusted p-value is at most 0.05 and its mean damage is positive (docs/statistics.md).
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from neuro_scan.engine import Engine, Progress
-from neuro_scan.scoring import Interval, SampleScores, bootstrap_means
+from neuro_scan.scoring import SampleScores
+from neuro_scan.statistics import Interval, mean_intervals
 
 
 @dataclass
@@ -28,7 +33,7 @@ class ProbeScore:
 class LayerAblation:
     layer: int
     score: float
-    damage: Interval  # baseline - ablated, paired over samples
+    damage: Interval  # baseline - ablated, paired over samples; p-values adjusted across the layers
     accuracy: float
     accuracy_drop: Interval
     log_odds: float
@@ -36,11 +41,11 @@ class LayerAblation:
 
     @property
     def significant_damage(self) -> bool:
-        return self.damage.low > 0
+        return self.damage.significant and self.damage.mean > 0
 
     @property
     def significant_gain(self) -> bool:
-        return self.damage.high < 0
+        return self.damage.significant and self.damage.mean < 0
 
 
 @dataclass
@@ -64,17 +69,17 @@ class AblationResult:
 
 
 def summarize(scores: SampleScores, seed: int) -> ProbeScore:
-    score, accuracy = bootstrap_means(np.stack([scores.answer_logprob, scores.correct.astype(float)]), seed)
+    score, accuracy = mean_intervals(np.stack([scores.answer_logprob, scores.correct.astype(float)]), seed)
     digit = float(scores.expected_digit.mean()) if scores.expected_digit is not None else None
     return ProbeScore(score=score, accuracy=accuracy, log_odds=scores.log_odds, expected_digit=digit)
 
 
 def layer_ablations(baseline: SampleScores, ablated: list[SampleScores], seed: int) -> list[LayerAblation]:
-    """Per-layer results, with damage intervals paired over the same samples."""
+    """Per-layer results, with damage intervals paired over the same samples and tested as one family."""
     damage = np.stack([baseline.answer_logprob - a.answer_logprob for a in ablated])
     accuracy_drop = np.stack([baseline.correct.astype(float) - a.correct.astype(float) for a in ablated])
-    damage_ci = bootstrap_means(damage, seed)
-    drop_ci = bootstrap_means(accuracy_drop, seed)
+    damage_ci = mean_intervals(damage, seed)
+    drop_ci = mean_intervals(accuracy_drop, seed)
     return [
         LayerAblation(
             layer=i,

@@ -4,17 +4,20 @@ For layers i < j, per sample, with damage = baseline - ablated answer log-prob (
 
     interaction = damage(i and j skipped) - (damage(i skipped) + damage(j skipped))
 
-averaged over samples, with a paired bootstrap 95% interval (every pair, every single layer and
-the baseline are scored on the same samples). A pair is
+averaged over samples, with a paired 95% bootstrap-t interval (every pair, every single layer and
+the baseline are scored on the same samples) and the p-value of "no interaction". The pairs
+tested are one family: their p-values are adjusted together (Benjamini-Hochberg, q = 0.05;
+docs/statistics.md). A pair is
 
-- synergistic when the interval lies above zero: skipping both hurts more than the two alone;
-- redundant when it lies below zero: skipping both hurts less than the sum (the layers overlap,
-  or the first removal already did most of the harm: log-probs saturate);
+- synergistic when its interaction is significant (adjusted p <= 0.05) and positive: skipping
+  both hurts more than the two alone;
+- redundant when it is significant and negative: skipping both hurts less than the sum (the
+  layers overlap, or the first removal already did most of the harm: log-probs saturate);
 - independent otherwise.
 
-Each interval is a per-pair 95% interval, not corrected for testing many pairs: with no
-interaction at all, about 5% of the pairs tested would still come out significant; the result
-reports that expected count beside the lists.
+Without the correction, about 5% of the pairs tested would come out significant with no
+interaction at all (the report keeps that count for comparison); with it, the expected share of
+false discoveries among the significant pairs is at most 5%.
 
 Phases: A, the single-layer scan (or a stored one for the same model, probe and samples);
 B (``thorough`` only), similarity of the layers' outputs; C, the pairs, through
@@ -34,12 +37,12 @@ import torch
 from neuro_scan.analysis.ablation import AblationResult, ablation_result
 from neuro_scan.engine import Engine, Progress
 from neuro_scan.errors import UsageError
-from neuro_scan.scoring import Interval, SampleScores, bootstrap_means
+from neuro_scan.scoring import SampleScores
+from neuro_scan.statistics import FDR_LEVEL, LEVEL, Interval, mean_intervals
 
 STRATEGIES = ("fast", "thorough", "exhaustive")
 SIMILAR_PER_CANDIDATE = 3  # thorough: partners added per candidate layer, most similar outputs first
 REUSE_TOLERANCE = 1e-3  # nats: a stored scan is reused only if its baseline matches this closely
-FALSE_POSITIVE_RATE = 0.05
 
 
 def check_strategy(strategy: str) -> None:
@@ -62,15 +65,13 @@ class PairInteraction:
     second: int
     reason: str
     joint_damage: Interval
-    interaction: Interval
+    interaction: Interval  # p-values adjusted across the pairs tested
 
     @property
     def kind(self) -> str:
-        if self.interaction.low > 0:
-            return "synergistic"
-        if self.interaction.high < 0:
-            return "redundant"
-        return "independent"
+        if not self.interaction.significant:
+            return "independent"
+        return "synergistic" if self.interaction.mean > 0 else "redundant"
 
 
 @dataclass
@@ -90,7 +91,14 @@ class CircuitResult:
 
     @property
     def expected_false_positives(self) -> float:
-        return FALSE_POSITIVE_RATE * len(self.pairs)
+        """Pairs an uncorrected 5% test would call significant if no pair interacted."""
+        return (1 - LEVEL) * len(self.pairs)
+
+    @property
+    def expected_false_discoveries(self) -> float:
+        """About this many of the significant pairs may be false discoveries: the false-discovery
+        rate Benjamini-Hochberg keeps (q = 0.05) times their count."""
+        return FDR_LEVEL * (len(self.synergistic) + len(self.redundant))
 
 
 def stored_singles(report: dict, engine: Engine, seed: int) -> AblationResult | None:
@@ -173,8 +181,8 @@ def run_circuit(engine: Engine, singles: AblationResult, plan: PairPlan, seed: i
     single_damage = baseline - singles.ablated_logprob  # [L, S]
     joint_damage = np.stack([baseline - scores.answer_logprob for scores in joint])  # [P, S]
     interaction = joint_damage - np.stack([single_damage[i] + single_damage[j] for i, j in plan.pairs])
-    joint_ci = bootstrap_means(joint_damage, seed)
-    interaction_ci = bootstrap_means(interaction, seed)
+    joint_ci = mean_intervals(joint_damage, seed)
+    interaction_ci = mean_intervals(interaction, seed)
     pairs = [PairInteraction(i, j, plan.reasons[(i, j)], joint_ci[n], interaction_ci[n])
              for n, (i, j) in enumerate(plan.pairs)]
     return CircuitResult(plan, singles, pairs, time.perf_counter() - started)

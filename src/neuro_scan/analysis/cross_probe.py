@@ -4,8 +4,12 @@ probes on one loaded model.
 Each probe gets its own baseline (one Engine) and its full ablation scan through the engine;
 only one probe's cached streams are held at a time.
 
-- universal layers: removal does significant damage (95% interval above zero) in every probe;
+- universal layers: removal does significant damage in every probe;
 - probe-specific layers: significant damage in exactly one probe;
+
+where significant damage is each probe's own decision (its layers' p-values adjusted together,
+Benjamini-Hochberg at q = 0.05; docs/statistics.md). Requiring significance in every probe needs
+no further correction: a layer is universal only if each probe's test says so.
 - correlation of the damage profiles between probes, Pearson and Spearman (null when a
   profile is flat).
 """

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from neuro_scan.engine import Engine
-from neuro_scan.scoring import Interval, ScoringPlan, bootstrap_means
+from neuro_scan.scoring import ScoringPlan
+from neuro_scan.statistics import Interval, mean_intervals
 
 LOG2E = 1.0 / math.log(2.0)
 DEFAULT_EMERGENCE_PROB = 0.5
@@ -53,7 +54,7 @@ class LensResult:
     probe_emergence: int | None  # first layer from which at least half the samples stay top-1 to the end
     probe_prob_emergence: int | None  # the same with p(answer) >= threshold
     emergence_prob_threshold: float
-    entropy_mean: list[Interval]  # per layer: mean entropy over samples (bits), 95% bootstrap interval
+    entropy_mean: list[Interval]  # per layer: mean entropy over samples (bits), 95% bootstrap-t interval
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def run_lens(engine: Engine, top_k: int = 5, translator: Translator | None = Non
         probe_emergence=_first(stays_top1.mean(axis=0) >= 0.5),
         probe_prob_emergence=_first(stays_above.mean(axis=0) >= 0.5),
         emergence_prob_threshold=emergence_prob,
-        entropy_mean=bootstrap_means(np.stack([lay.entropy_bits for lay in layers]), seed=seed),
+        entropy_mean=mean_intervals(np.stack([lay.entropy_bits for lay in layers]), seed=seed),
     )
 
 

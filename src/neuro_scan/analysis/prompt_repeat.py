@@ -6,20 +6,23 @@
   0..stop-1, first..L-1, as layer-scan and mergekit passthrough build it), through
   :meth:`Engine.repeat_scan`; change = score(duplicated) - baseline, per sample.
 - Equivalence: for each N and each duplication, the paired per-sample difference of the two
-  changes, with a bootstrap 95% interval. The duplications whose difference has the smallest
+  changes, with a 95% bootstrap-t interval. The duplications whose difference has the smallest
   magnitude are the best matches; a duplication is *indistinguishable* from repetition N when
   that interval contains zero.
 
 Verdict per N:
 
-- ``no_effect``: repetition N's own change is not significant (its interval contains zero), so
-  it is indistinguishable from duplicating nothing and a match says nothing;
+- ``no_effect``: repetition N's own change is not significant, so it is indistinguishable from
+  duplicating nothing and a match says nothing;
 - ``matched``: the change is significant and at least one duplication is indistinguishable;
 - ``unlike_duplication``: the change is significant and every duplication differs from it.
 
-Intervals are per comparison (95%, not corrected for testing many duplications): with many
-blocks some will look indistinguishable by chance, and few samples give wide intervals that
-make "indistinguishable" easy. Read matches with the interval widths.
+A change is significant when its p-value, adjusted across its family (the repeat counts, or the
+duplication blocks) by Benjamini-Hochberg, is at most 0.05 (docs/statistics.md). The equivalence
+intervals are per comparison and not corrected: a correction would widen "indistinguishable" to
+more duplications, the opposite of caution. With many blocks some will still look
+indistinguishable by chance, and few samples give wide intervals that make "indistinguishable"
+easy: read matches with the interval widths.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ import numpy as np
 
 from neuro_scan.engine import Engine, Progress
 from neuro_scan.probes import Probe
-from neuro_scan.scoring import Interval, SampleScores, bootstrap_means
+from neuro_scan.scoring import SampleScores
+from neuro_scan.statistics import Interval, mean_intervals
 
 SEPARATOR = " "  # between prompt copies: a space encodes in every vocabulary (a newline may not)
 BEST_MATCHES = 3
@@ -62,7 +66,7 @@ class Condition:
 
     score: float
     accuracy: float
-    change: Interval  # score - baseline score, paired over samples
+    change: Interval  # score - baseline score, paired over samples; p-values adjusted across its family
 
 
 @dataclass
@@ -95,7 +99,7 @@ class Repetition:
 
     @property
     def verdict(self) -> str:
-        if not self.condition.change.excludes_zero:
+        if not self.condition.change.significant:
             return "no_effect"
         return "matched" if self.indistinguishable else "unlike_duplication"
 
@@ -125,7 +129,7 @@ def run_prompt_repeat(engine: Engine, counts: Sequence[int], block_sizes: Sequen
     duplicated = engine.repeat_scan(blocks, progress)
 
     def conditions(runs: list[SampleScores]) -> list[Condition]:
-        changes = bootstrap_means(np.stack([r.answer_logprob - baseline.answer_logprob for r in runs]), seed)
+        changes = mean_intervals(np.stack([r.answer_logprob - baseline.answer_logprob for r in runs]), seed)
         return [Condition(r.score, r.accuracy, change) for r, change in zip(runs, changes)]
 
     duplications = [Duplication(first, stop, c) for (first, stop), c in zip(blocks, conditions(duplicated))]
@@ -133,7 +137,7 @@ def run_prompt_repeat(engine: Engine, counts: Sequence[int], block_sizes: Sequen
     repetitions = []
     for count, run, condition in zip(counts, repeated, conditions(repeated)):
         # (score_N - base) - (score_dup - base), per sample
-        differences = bootstrap_means(run.answer_logprob - dup_logprob, seed)
+        differences = mean_intervals(run.answer_logprob - dup_logprob, seed)
         matches = sorted((Match(d, diff) for d, diff in zip(duplications, differences)),
                          key=lambda m: abs(m.difference.mean))
         repetitions.append(Repetition(count, condition, matches[:BEST_MATCHES], [m for m in matches if m.indistinguishable]))

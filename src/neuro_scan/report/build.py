@@ -27,6 +27,7 @@ CSV_COLUMNS = [
     # ours
     "score_delta_ci_low", "score_delta_ci_high", "significant", "accuracy_drop", "accuracy_drop_ci_low",
     "accuracy_drop_ci_high", "expected_digit", "block_influence", "lens_answer_prob", "lens_answer_rank",
+    "p_value", "p_value_adjusted",
 ]
 
 
@@ -89,6 +90,8 @@ def ablation_rows(ablation: AblationResult) -> list[dict]:
             "accuracy": layer.accuracy,
             "score_delta_ci": layer.damage.as_list(),
             "significant": layer.significant_damage or layer.significant_gain,
+            "p_value": layer.damage.p_value,
+            "p_value_adjusted": layer.damage.p_value_adjusted,
             "accuracy_drop": layer.accuracy_drop.mean,
             "accuracy_drop_ci": layer.accuracy_drop.as_list(),
             "expected_digit": layer.expected_digit,
@@ -121,6 +124,9 @@ def ablation_section(ablation: AblationResult, run: RunInfo) -> dict:
         "baseline": probe_score(ablation.baseline),
         "score_definition": "mean teacher-forced log-probability of the answer (nats); "
                             "score_delta = baseline - ablated (positive: removing the layer hurts)",
+        "significance_definition": "score_delta_ci: 95% bootstrap-t interval over samples; p_value: two-sided "
+                                   "bootstrap-t test of score_delta = 0; p_value_adjusted: Benjamini-Hochberg across "
+                                   "the layers; significant: p_value_adjusted <= 0.05 (docs/statistics.md)",
         "significantly_important_layers": [int(i) for i in ablation.important_layers],
         "improving_layers": [int(i) for i in ablation.improving_layers],
         "ranked_layers": [int(i) for i in ablation.ranked_layers],
@@ -306,5 +312,7 @@ def csv_rows(report: dict) -> list[dict]:
             "block_influence": bi[layer] if layer < len(bi) else None,
             "lens_answer_prob": float(np.mean(lens_probs)) if lens_probs else None,
             "lens_answer_rank": float(np.median(lens_ranks)) if lens_ranks else None,
+            "p_value": entry.get("p_value"),
+            "p_value_adjusted": entry.get("p_value_adjusted"),
         })
     return rows

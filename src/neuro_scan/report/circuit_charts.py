@@ -22,6 +22,8 @@ def _pair(pair: PairInteraction, result: CircuitResult) -> dict:
         "interaction_effect": pair.interaction.mean,
         "interaction_ci": pair.interaction.as_list(),
         "interaction_stderr": pair.interaction.stderr,
+        "interaction_p_value": pair.interaction.p_value,
+        "interaction_p_value_adjusted": pair.interaction.p_value_adjusted,
         "interaction_type": pair.kind,
         "joint_delta": pair.joint_damage.mean,
         "joint_delta_ci": pair.joint_damage.as_list(),
@@ -47,10 +49,16 @@ def circuit_report(run: RunInfo, result: CircuitResult, singles_source: str) -> 
         "single_layer_scan": singles_source,
         "score_definition": "damage = baseline - ablated mean answer log-prob (nats), per sample",
         "interaction_definition": "joint_delta - (individual_delta_i + individual_delta_j), per sample, then averaged; "
-                                  "95% paired bootstrap interval over samples",
-        "significance": "synergistic: interval above zero; redundant: interval below zero; otherwise independent. "
-                        "Per-pair intervals, not corrected for multiple comparisons",
+                                  "95% paired bootstrap-t interval over samples",
+        "significance": "p-value: two-sided bootstrap-t test of interaction = 0; adjusted: Benjamini-Hochberg across "
+                        "the pairs tested. synergistic: adjusted p <= 0.05 and interaction > 0; redundant: adjusted "
+                        "p <= 0.05 and interaction < 0; otherwise independent (docs/statistics.md)",
         "expected_false_positives_if_independent": result.expected_false_positives,
+        "expected_false_positives_definition": "pairs an uncorrected 5% test would call significant if no pair "
+                                               "interacted (the correction keeps them out of the lists)",
+        "expected_false_discoveries": result.expected_false_discoveries,
+        "expected_false_discoveries_definition": "q = 0.05 times the significant pairs: about how many of them may "
+                                                 "be false discoveries",
         "single_layers": [
             {"layer_idx": layer.layer, "score_delta": layer.damage.mean, "score_delta_ci": layer.damage.as_list()}
             for layer in result.singles.layers
@@ -74,7 +82,8 @@ def circuit_figure(report: dict) -> go.Figure:
     for pair in report["all_interactions"]:
         i, j = pair["layer_i"], pair["layer_j"]
         low, high = pair["interaction_ci"]
-        label = (f"{pair['interaction_type']}<br>95% CI {low:.4f}..{high:.4f}<br>joint damage {pair['joint_delta']:.4f}"
+        label = (f"{pair['interaction_type']}<br>95% CI {low:.4f}..{high:.4f}, adjusted p "
+                 f"{pair['interaction_p_value_adjusted']:.2g}<br>joint damage {pair['joint_delta']:.4f}"
                  f"<br>damage alone {pair['individual_delta_i']:.4f} + {pair['individual_delta_j']:.4f}"
                  f"<br>tested as: {pair['reason']}")
         for a, b in ((i, j), (j, i)):
@@ -91,7 +100,7 @@ def circuit_figure(report: dict) -> go.Figure:
     for kind, symbol in (("synergistic", "circle"), ("redundant", "x")):
         xs, ys = marks[kind]
         if xs:
-            figure.add_scatter(x=xs, y=ys, mode="markers", name=f"{kind}: 95% interval excludes 0",
+            figure.add_scatter(x=xs, y=ys, mode="markers", name=f"{kind}: FDR-adjusted p <= 0.05",
                                marker={"symbol": symbol, "size": 5, "color": "black"}, hoverinfo="skip")
     figure.update_layout(
         title=(f"Layer-pair interactions — {report['model']} · probe {report['probe']} ({report['sample_count']} samples)"

@@ -39,6 +39,7 @@ def cross_probe_documents(run: RunInfo, result: CrossProbeResult) -> dict[str, d
             "significant_layers": [int(i) for i in ablation.important_layers],
             "ablation_deltas": [layer.damage.mean for layer in ablation.layers],
             "ablation_deltas_ci": [layer.damage.as_list() for layer in ablation.layers],
+            "ablation_deltas_p_value_adjusted": [layer.damage.p_value_adjusted for layer in ablation.layers],
         })
         probe_run = dataclasses.replace(run, probe=entry.probe, timings={
             "baseline_seconds": entry.baseline_seconds, "ablation_seconds": ablation.seconds})
@@ -52,8 +53,9 @@ def cross_probe_documents(run: RunInfo, result: CrossProbeResult) -> dict[str, d
         "correlation_method": "pearson",
         "spearman_matrix": result.spearman,
         "definitions": {
-            "score_delta": "baseline - ablated mean answer log-prob (nats), 95% paired bootstrap interval",
-            "universal_layers": "removal does significant damage (interval above zero) in every probe",
+            "score_delta": "baseline - ablated mean answer log-prob (nats), 95% paired bootstrap-t interval",
+            "universal_layers": "removal does significant damage in every probe (damage > 0 and p-value adjusted "
+                                "across the probe's layers by Benjamini-Hochberg <= 0.05)",
             "probe_specific_layers": "significant damage in that probe and in no other",
             "correlation": "between the probes' damage-per-layer profiles; null when a profile is flat",
         },

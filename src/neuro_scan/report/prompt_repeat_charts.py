@@ -15,7 +15,8 @@ from neuro_scan.report.build import RunInfo, header
 
 def _condition(condition: Condition) -> dict:
     return {"score": condition.score, "accuracy": condition.accuracy, "change": condition.change.mean,
-            "change_ci": condition.change.as_list()}
+            "change_ci": condition.change.as_list(), "change_p_value": condition.change.p_value,
+            "change_p_value_adjusted": condition.change.p_value_adjusted}
 
 
 def _duplication(duplication: Duplication) -> dict:
@@ -38,7 +39,9 @@ def prompt_repeat_report(run: RunInfo, result: PromptRepeatResult) -> dict:
         "block_sizes": result.block_sizes,
         "definitions": {
             "score": "mean answer log-prob (nats)",
-            "change": "score - score of the plain prompt on the plain model, paired over samples, 95% bootstrap interval",
+            "change": "score - score of the plain prompt on the plain model, paired over samples, 95% bootstrap-t "
+                      "interval; p-value of change = 0, adjusted by Benjamini-Hochberg across the repeat counts (or "
+                      "across the duplications); significant: adjusted p <= 0.05",
             "duplication": "layers first..stop-1 run twice: execution order 0..stop-1, first..L-1 "
                            "(layer-scan / mergekit passthrough)",
             "difference": "repetition change - duplication change, per sample; indistinguishable when its 95% "
