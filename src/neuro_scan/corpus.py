@@ -68,6 +68,8 @@ def _jsonl_documents(text: str, where: str) -> list[str]:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
             raise UsageError(f"{where}: line {number} is not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise UsageError(f"{where}: line {number} is JSON nested too deeply to read") from None
         if isinstance(value, dict):
             value = value.get("text")
         if not isinstance(value, str):

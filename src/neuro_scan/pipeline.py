@@ -94,11 +94,15 @@ def validate(options: ScanOptions) -> tuple[Probe, Path]:
     return probe, output
 
 
-def open_scan(options: ScanOptions, progress: ProgressFactory = no_progress) -> Scan:
+def open_scan(options: ScanOptions, progress: ProgressFactory = no_progress,
+              check: Callable[[object, Probe], None] | None = None) -> Scan:
+    """``check(backend, probe)``: checks that need the loaded model, run before any forward."""
     probe, output = validate(options)
     from neuro_scan.engine import Engine
 
     backend, timings = load_backend(options, progress)
+    if check is not None:
+        check(backend, probe)
     started = time.perf_counter()
     engine = Engine(backend, probe, batch_size=options.batch_size)
     timings["baseline_seconds"] = time.perf_counter() - started
@@ -240,7 +244,7 @@ def _stored_or_new_ablation(scan: Scan, progress: ProgressFactory):
         path = scan.output / name
         try:
             stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             continue
         singles = stored_singles(stored, scan.engine, scan.options.seed) if isinstance(stored, dict) else None
         if singles is not None:
@@ -296,6 +300,10 @@ def run_cross_probe_command(options: ScanOptions, probes: str,
     from neuro_scan.report.cross_probe_charts import cross_probe_documents, cross_probe_figure
 
     backend, timings = load_backend(options, progress)
+    from neuro_scan.scoring import build_plan
+
+    for probe in resolved:  # every probe must fit the model before the first one runs
+        build_plan(probe, backend)
     total = backend.num_layers * len(resolved)
     with progress(f"ablating {backend.num_layers} layers under {len(resolved)} probes", total) as advance:
         result = run_cross_probe(backend, resolved, options.batch_size, options.seed, advance)
@@ -317,6 +325,8 @@ def _read_report(path: str) -> object:
         return json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not a neuro-scan report (not valid JSON: {exc})") from None
+    except RecursionError:
+        raise UsageError(f"{path}: not a neuro-scan report (its JSON is nested too deeply to read)") from None
 
 
 def run_compare_command(reports: list[str], output: str = "./results", tolerance: float | None = None) -> tuple[dict, list[Path]]:
@@ -341,16 +351,24 @@ def run_prompt_repeat_command(options: ScanOptions, repeat_counts: str = "1,2,3,
     """``dup_sizes``: block sizes K to duplicate at every position (default 1, 2, 4, ... up to L/2)."""
     counts = parse_counts(repeat_counts, "--repeat-counts")
     sizes = parse_counts(dup_sizes, "--dup-sizes") if dup_sizes is not None else None
-    from neuro_scan.analysis.prompt_repeat import default_block_sizes, duplication_blocks, run_prompt_repeat
+    from neuro_scan.analysis.prompt_repeat import default_block_sizes, duplication_blocks, repeated_probe, run_prompt_repeat
     from neuro_scan.report import write_outputs
     from neuro_scan.report.prompt_repeat_charts import prompt_repeat_figure, prompt_repeat_report
+    from neuro_scan.scoring import build_plan
 
-    scan = open_scan(options, progress)
+    def check(backend, probe: Probe) -> None:
+        """The blocks fit the model's layers and every repeated prompt its positions."""
+        if sizes is not None and max(sizes) > backend.num_layers:
+            raise UsageError(f"--dup-sizes: a block of {max(sizes)} layers does not fit in this model's "
+                             f"{backend.num_layers} layers")
+        for count in sorted({1, *counts}):
+            build_plan(repeated_probe(probe, count), backend,
+                       f" with its prompt repeated {count} times (--repeat-counts)" if count > 1 else "")
+
+    scan = open_scan(options, progress, check)
     layers = scan.engine.num_layers
     if sizes is None:
         sizes = default_block_sizes(layers)
-    elif max(sizes) > layers:
-        raise UsageError(f"--dup-sizes: a block of {max(sizes)} layers does not fit in this model's {layers} layers")
     units = len(counts) + len(duplication_blocks(layers, sizes))
     with progress(f"{len(counts)} repeat counts, {units - len(counts)} duplicated blocks", units) as advance:
         result = run_prompt_repeat(scan.engine, counts, sizes, scan.options.seed, advance)
@@ -441,13 +459,14 @@ def run_calibrate(options: CalibrateOptions, progress: ProgressFactory = no_prog
     """`calibrate`: train a tuned lens on the corpus, compare it with the logit lens on held-out
     text and write the lens file -> (Calibration, path written)."""
     corpus, output = validate_calibrate(options)
-    from neuro_scan.analysis.tuned_lens import TrainSettings, calibrate, lens_file_bytes
+    from neuro_scan.analysis.tuned_lens import TrainSettings, calibrate, fitted_settings, lens_file_bytes
     from neuro_scan.report import write_lens_file
 
     backend, _timings = load_backend(ScanOptions(model=options.model, backend=options.backend, dtype=options.dtype,
                                                  device=options.device, seed=options.seed), progress)
-    settings = TrainSettings(steps=options.steps, tokens_per_step=options.tokens_per_step, lr=options.lr,
-                             rank=options.rank, heldout_tokens=options.heldout_tokens, seed=options.seed)
+    settings = fitted_settings(backend, TrainSettings(steps=options.steps, tokens_per_step=options.tokens_per_step,
+                                                      lr=options.lr, rank=options.rank,
+                                                      heldout_tokens=options.heldout_tokens, seed=options.seed))
     total = settings.steps + settings.heldout_tokens / settings.tokens_per_step
     with progress(f"calibrating: {settings.steps} steps x {settings.tokens_per_step} tokens", total) as advance:
         calibration = calibrate(backend, corpus, settings, advance)

@@ -50,6 +50,11 @@ class Probe:
     digit_scoring: bool = False  # reference format: also report the expected digit E[d]
 
     @property
+    def where(self) -> str:
+        """The probe as error messages name it: its file, or the built-in's name."""
+        return f"built-in probe {self.name}" if self.source == "built-in" else f"probe file {self.source}"
+
+    @property
     def answer_type(self) -> str:
         if self.digit_scoring:
             return "digit 0-9"
@@ -95,6 +100,8 @@ def load_probe_file(path: str | Path) -> Probe:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"probe file {path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise UsageError(f"probe file {path}: not a probe file (its JSON is nested too deeply to read)") from None
     return parse_probe(data, f"probe file {path}", str(path))
 
 

@@ -13,10 +13,16 @@ prompt) and one position (the prompt's last token), where every choice is read; 
 continuation gets its own row ``prompt + continuation[:-1]`` and is read at the last
 ``len(continuation)`` positions. The (row, position) pairs where logits are needed are
 gathered before the unembedding, so the vocabulary projection runs only there.
+
+Before anything runs, every sample must fit the model: its row within the model's positions, and
+its answer and choices free of characters the tokenizer does not know (they would be scored as
+the unknown token). Prompts with such characters are only warned about.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +33,8 @@ from neuro_scan.backend.base import Backend
 from neuro_scan.errors import UsageError
 from neuro_scan.probes import Probe
 from neuro_scan.statistics import Interval  # noqa: F401  (re-exported: intervals moved to statistics.py)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,7 +89,8 @@ def answer_log_odds(logprob: np.ndarray) -> np.ndarray:
     return logprob - np.log(-np.expm1(logprob))
 
 
-def build_plan(probe: Probe, backend: Backend) -> ScoringPlan:
+def build_plan(probe: Probe, backend: Backend, variant: str = "") -> ScoringPlan:
+    """``variant`` says how the probe was changed from its file (prompt-repeat), for error messages."""
     sequences: list[list[int]] = []
     pairs: dict[tuple[int, int], int] = {}
     token_pair: list[int] = []
@@ -97,6 +106,7 @@ def build_plan(probe: Probe, backend: Backend) -> ScoringPlan:
     def pair(row: int, col: int) -> int:
         return pairs.setdefault((row, col), len(pairs))
 
+    unknown_in_prompts: dict[int, list[str]] = {}
     for index, sample in enumerate(probe.samples):
         prompt_ids = backend.tokenize(sample.prompt, add_special_tokens=True)
         continuations = list(sample.choices) if sample.choices else [sample.answer]
@@ -106,7 +116,11 @@ def build_plan(probe: Probe, backend: Backend) -> ScoringPlan:
                 raise UsageError(f"probe {probe.name}: sample {index}: continuation {text!r} has no tokens")
         if not prompt_ids:
             raise UsageError(f"probe {probe.name}: sample {index}: the prompt has no tokens")
+        _check_known(probe, index, continuations, backend)
+        if pieces := backend.unknown_pieces(sample.prompt):
+            unknown_in_prompts[index] = pieces
         single_row = all(len(ids) == 1 for ids in cont_ids)
+        _check_length(probe, index, len(prompt_ids), max(map(len, cont_ids)), single_row, backend.max_positions, variant)
         if single_row:
             sequences.append(prompt_ids)
             shared_row = len(sequences) - 1
@@ -130,6 +144,10 @@ def build_plan(probe: Probe, backend: Backend) -> ScoringPlan:
         first_answer_pair.append(token_pair[first])
         first_answer_token.append(token_ids[first])
 
+    if unknown_in_prompts:
+        _warn_once(f"{probe.where}: the prompts of samples {_listed(list(unknown_in_prompts))} hold characters "
+                   f"the model's tokenizer does not know ({_listed(_distinct(unknown_in_prompts.values()))}); "
+                   "the model reads them as its unknown token")
     ordered = sorted(pairs.items(), key=lambda item: item[1])
     return ScoringPlan(
         sequences=sequences,
@@ -144,6 +162,43 @@ def build_plan(probe: Probe, backend: Backend) -> ScoringPlan:
         first_answer_token=torch.tensor(first_answer_token),
         digit_scoring=probe.digit_scoring,
     )
+
+
+def _check_length(probe: Probe, index: int, prompt: int, continuation: int, single_row: bool, limit: int | None,
+                  variant: str) -> None:
+    """The sample's row (its prompt, and its continuation less the last token, which is only read)
+    must fit the model's positions."""
+    positions = prompt if single_row else prompt + continuation - 1
+    if limit is not None and positions > limit:
+        raise UsageError(f"{probe.where}: sample {index}{variant} is {prompt + continuation} tokens (prompt + answer) "
+                         f"but the model reads at most {limit} positions ({limit + 1} tokens: the last answer token "
+                         "is never read in)")
+
+
+def _check_known(probe: Probe, index: int, continuations: list[str], backend: Backend) -> None:
+    """An answer or choice with characters the tokenizer does not know would be scored as the
+    unknown token, whatever the model thinks of the real text: refused."""
+    for text in continuations:
+        if pieces := backend.unknown_pieces(text):
+            what = "answer" if len(continuations) == 1 else "choice"
+            raise UsageError(f"{probe.where}: sample {index}: the {what} {text!r} holds characters the model's "
+                             f"tokenizer does not know ({_listed(_distinct([pieces]))}); it would be scored as its "
+                             "unknown token")
+
+
+def _distinct(groups) -> list[str]:
+    return list(dict.fromkeys(piece for group in groups for piece in group))
+
+
+def _listed(items: list, most: int = 8) -> str:
+    shown = ", ".join(repr(item) if isinstance(item, str) else str(item) for item in items[:most])
+    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    """A warning on stderr, once per process: probes are planned again (prompt-repeat, cross-probe)."""
+    log.warning(message)
 
 
 def score_logits(plan: ScoringPlan, logits: torch.Tensor) -> SampleScores:

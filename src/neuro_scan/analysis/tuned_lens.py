@@ -27,7 +27,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -60,13 +60,14 @@ class TrainSettings:
     rank: int | None = None  # None: full d x d translators
     heldout_tokens: int = 2048
     seed: int = 0
+    max_positions: int | None = None  # the model's: no corpus row may be longer (None: no limit)
     momentum: float = MOMENTUM
     weight_decay: float = WEIGHT_DECAY
     max_grad_norm: float = MAX_GRAD_NORM
 
     @property
     def context_tokens(self) -> int:
-        return min(CONTEXT_TOKENS, self.tokens_per_step)
+        return min(CONTEXT_TOKENS, self.tokens_per_step, self.max_positions or CONTEXT_TOKENS)
 
     @property
     def rows_per_step(self) -> int:
@@ -293,13 +294,25 @@ def evaluate_heldout(backend: Backend, lens: TunedLens, chunks: list[list[int]],
     return HeldOut(tokens, (logit / tokens).tolist(), (tuned / tokens).tolist())
 
 
-def calibrate(backend: Backend, corpus: Corpus, settings: TrainSettings, progress: Progress | None = None) -> Calibration:
-    """Train on the corpus, then compare both lenses on its held-out part. Progress: one unit per
-    step; the held-out evaluation counts as ``heldout_tokens / tokens_per_step`` steps (about its cost)."""
+def fitted_settings(backend: Backend, settings: TrainSettings) -> TrainSettings:
+    """The settings for this model, checked before anything runs: it needs a layer before the last,
+    a rank below its hidden size; its corpus rows are cut to its positions."""
     info = backend.info
+    if info.num_layers < 2:
+        raise UsageError(f"--model: {info.model_id} has one layer; a tuned lens translates the outputs of the layers "
+                         "before the last, and it has none")
     if settings.rank is not None and settings.rank >= info.hidden_size:
         raise UsageError(f"--rank: {settings.rank} is not below the hidden size {info.hidden_size}; "
                          "leave --rank out for full-rank translators")
+    return replace(settings, max_positions=backend.max_positions)
+
+
+def calibrate(backend: Backend, corpus: Corpus, settings: TrainSettings, progress: Progress | None = None) -> Calibration:
+    """Train on the corpus, then compare both lenses on its held-out part. Progress: one unit per
+    step; the held-out evaluation counts as ``heldout_tokens / tokens_per_step`` steps (about its cost).
+    Corpus rows are cut to the model's positions where it reads fewer than CONTEXT_TOKENS."""
+    info = backend.info
+    settings = fitted_settings(backend, settings)
     chunks = split_corpus(corpus, backend, settings)
     started = time.perf_counter()
     training = train_lens(backend, chunks.train, settings, progress)
@@ -339,6 +352,8 @@ def read_lens_record(path: str | Path) -> LensRecord:
     from safetensors import SafetensorError, safe_open
 
     where = f"--tuned-lens: {path}"
+    if Path(path).is_dir():
+        raise UsageError(f"{where}: is a folder, not a lens file; give the .safetensors file `neuro-scan calibrate` wrote")
     if not Path(path).is_file():
         raise UsageError(f"{where}: no such file")
     try:
@@ -351,7 +366,7 @@ def read_lens_record(path: str | Path) -> LensRecord:
                          "make one with `neuro-scan calibrate`")
     try:
         return LensRecord.from_metadata(metadata)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
         raise UsageError(f"{where}: damaged tuned-lens metadata ({exc})") from None
 
 

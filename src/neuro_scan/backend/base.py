@@ -107,6 +107,16 @@ class Backend(Protocol):
 
     def decode_token(self, token_id: int) -> str: ...
 
+    @property
+    def max_positions(self) -> int | None:
+        """The most token positions the model reads in one row; None when its config names no limit."""
+        ...
+
+    def unknown_pieces(self, text: str) -> list[str]:
+        """The pieces of ``text`` that the tokenizer turns into its unknown token (none for a
+        tokenizer without one)."""
+        ...
+
     def make_batch(self, sequences: Sequence[Sequence[int]]) -> TokenBatch: ...
 
     def run(

@@ -7,10 +7,11 @@ huggingface_hub's retries).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -133,8 +134,9 @@ def load_model(source: ModelSource, dtype, device):
     unreachable = _reach_hub(source.location) if source.kind == "hub" else None
     if unreachable is not None:
         kwargs["local_files_only"] = True  # a cached copy still loads
-    tokenizer = _loaded(source, unreachable, lambda: AutoTokenizer.from_pretrained(location, **kwargs), "tokenizer")
-    model = _loaded(source, unreachable, lambda: AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs))
+    with _bars_only_for_downloads(source):
+        tokenizer = _loaded(source, unreachable, lambda: AutoTokenizer.from_pretrained(location, **kwargs), "tokenizer")
+        model = _loaded(source, unreachable, lambda: AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs))
     if getattr(model.config, "quantization_config", None) is not None and source.kind == "gguf":
         # dequantized GGUF weights are plain tensors now; the stale config only blocks save_pretrained
         del model.config.quantization_config
@@ -142,6 +144,48 @@ def load_model(source: ModelSource, dtype, device):
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer
+
+
+def context_limit(config) -> int | None:
+    """The most token positions the model reads in one row, from its (text) config. A learned
+    position table ends there (IndexError beyond); a rotary model runs on but was never trained
+    there, so it is held to the same limit. None when the config names no limit: nothing to check."""
+    text = config.get_text_config(decoder=True)
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(text, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def unknown_pieces(tokenizer, text: str) -> list[str]:
+    """The pieces of ``text`` that the tokenizer turns into its unknown token, in order; none when it
+    has no unknown token (byte-level tokenizers encode everything)."""
+    unknown = tokenizer.unk_token_id
+    if unknown is None:
+        return []
+    try:
+        encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except NotImplementedError:  # slow tokenizers give no offsets: each character on its own
+        return [c for c in text if unknown in tokenizer(c, add_special_tokens=False)["input_ids"]]
+    return [text[start:stop] for token, (start, stop) in zip(encoding["input_ids"], encoding["offset_mapping"])
+            if token == unknown and stop > start]
+
+
+@contextlib.contextmanager
+def _bars_only_for_downloads(source: ModelSource) -> Iterator[None]:
+    """transformers' own progress bars ("Loading weights") are off while a local model loads: the
+    CLI shows its own, and errors stay one line. A Hub model keeps them: they show its download."""
+    from transformers.utils import logging as transformers_logging
+
+    shown = transformers_logging.is_progress_bar_enabled()
+    if source.kind != "hub":
+        transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
 
 
 def _reach_hub(model_id: str) -> str | None:
@@ -176,9 +220,13 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _explain_load_failure(source: ModelSource, exc: Exception, unreachable: str | None, part: str) -> str | None:
+    from huggingface_hub.errors import StrictDataclassError
+
     broken = _unreadable_file(source)
     if broken is not None:
         return f"--model: {broken}"
+    if isinstance(exc, StrictDataclassError):  # transformers checks configs as strict dataclasses
+        return f"--model: {source.location}: its config is not valid: {_one_line(exc)}"
     if not isinstance(exc, (OSError, ValueError, KeyError, ImportError)):
         return None
     if source.kind == "hub":

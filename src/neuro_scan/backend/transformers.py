@@ -22,6 +22,7 @@ from torch import nn
 
 from neuro_scan.backend import components
 from neuro_scan.backend.base import Intervention, LayerSkips, ModelInfo, Target, TokenBatch
+from neuro_scan.backend.loading import context_limit, unknown_pieces
 from neuro_scan.errors import UsageError
 
 # model_type -> (path of the decoder layer list, paths of the modules applied after the last layer)
@@ -107,6 +108,13 @@ class TransformersBackend:
 
     def decode_token(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
+
+    @property
+    def max_positions(self) -> int | None:
+        return context_limit(self.model.config)
+
+    def unknown_pieces(self, text: str) -> list[str]:
+        return unknown_pieces(self.tokenizer, text)
 
     def make_batch(self, sequences: Sequence[Sequence[int]]) -> TokenBatch:
         width = max(len(s) for s in sequences)

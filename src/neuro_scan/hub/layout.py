@@ -71,6 +71,8 @@ class HubIndex:
             data = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise UsageError(f"{where} is not valid JSON ({error})") from None
+        except RecursionError:
+            raise UsageError(f"{where} is not a neuro-scan report index (its JSON is nested too deeply to read)") from None
         if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT or not isinstance(data.get("reports"), list):
             raise UsageError(f"{where} is not a neuro-scan report index (expected an object with "
                              f"\"format\": \"{INDEX_FORMAT}\" and a \"reports\" list)")

@@ -11,6 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from neuro_scan.analysis.compare import profile_from_report
 from neuro_scan.errors import UsageError
 from neuro_scan.hub.layout import INDEX_FILE, HubIndex, IndexEntry, is_model_id, is_probe_name
 from neuro_scan.hub.remote import HubRepo
@@ -33,6 +34,7 @@ def publish_report(report_file: str, repo_id: str, model: str | None = None, cre
     checked = read_report(report_file)
     data = checked.data if model is None else {**checked.data, "model": model}
     info = validate_report(data, f"report file {report_file}")
+    profile_from_report(data, report_file)  # what compare refuses to read is not published either
     if not is_model_id(info.model):
         raise UsageError(f"report file {report_file}: model '{info.model}' is not a Hugging Face model id "
                          "(org/name); say which model it is with --model")

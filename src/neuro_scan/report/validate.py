@@ -225,6 +225,8 @@ def parse_report(text: str | bytes, where: str) -> CheckedReport:
         data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UsageError(f"{where} is not valid JSON ({error})") from None
+    except RecursionError:
+        raise UsageError(f"{where} is not a neuro-scan report (its JSON is nested too deeply to read)") from None
     return CheckedReport(data, validate_report(data, where))
 
 
