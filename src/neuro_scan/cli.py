@@ -32,20 +32,31 @@ out = Console()
 
 
 def user_errors(command: Callable) -> Callable:
-    """Bad input -> one line on stderr and exit code 2, never a traceback."""
+    """Bad input -> one line on stderr and exit code 2, never a traceback. Ctrl-C -> one line
+    saying what was stopped and what the output folder holds, exit code 130. The command's
+    output folder is held (locked) from its validation to the end of its writing."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        from neuro_scan.report.folder import output_session
+
         verbose = kwargs.get("verbose", False)
         logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
         # read by transformers when (and if) it is imported: no import cost for fast commands
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
         # same for huggingface_hub: its retry warnings would break the one-line errors
         os.environ.setdefault("HF_HUB_VERBOSITY", "info" if verbose else "error")
-        try:
-            return command(*args, **kwargs)
-        except UsageError as error:
-            fail(str(error))
+        with output_session(command.__name__.removesuffix("_command").replace("_", "-")) as session:
+            try:
+                result = command(*args, **kwargs)
+            except UsageError as error:
+                fail(str(error))
+            except KeyboardInterrupt:
+                console.print(escape(session.interruption()), highlight=False, soft_wrap=True)
+                raise typer.Exit(130) from None
+            for note in session.notes():
+                out.print(escape(note), highlight=False, soft_wrap=True)
+            return result
 
     return wrapper
 
@@ -400,7 +411,8 @@ def main() -> None:
         sys.exit(2)
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
-    except typer.Abort:
+    except typer.Abort:  # Ctrl-C outside a command (while the options are read)
+        console.print("interrupted: neuro-scan stopped before it began; nothing was written", highlight=False)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -449,7 +449,7 @@ def validate_calibrate(options: CalibrateOptions):
         raise UsageError(f"--output: give the path of a .safetensors file for the lens, not '{options.output}'")
     from neuro_scan.report import prepare_output_dir
 
-    prepare_output_dir(output.parent)
+    prepare_output_dir(output.parent, lock=False)  # lens files of many models share a folder: no lock
     corpus = resolve_corpus(options.corpus)
     resolve_source(options.model)
     return corpus, output

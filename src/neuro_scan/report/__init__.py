@@ -1,4 +1,8 @@
-"""The only code that writes files: JSON, CSV and self-contained (offline) Plotly HTML."""
+"""The only code that writes files: JSON, CSV and self-contained (offline) Plotly HTML.
+
+Each write of a command goes into its output folder as one unit (``report.folder``): the folder
+holds the files of one run as that run last wrote them, never a mix of runs.
+"""
 
 from __future__ import annotations
 
@@ -7,37 +11,49 @@ import io
 from pathlib import Path
 
 from neuro_scan.report import charts, lens_charts
-from neuro_scan.report.files import prepare_output_dir, write_bytes, write_json, write_text
+from neuro_scan.report.files import json_bytes, write_bytes
+from neuro_scan.report.folder import Origin, output_session, prepare_output_dir, write_set
 
-__all__ = ["prepare_output_dir", "write_ablation_outputs", "write_lens_file", "write_lens_outputs", "write_map_outputs",
-           "write_outputs"]
-
-
-def _write_plotly_js(folder: Path) -> None:
-    target = folder / charts.PLOTLY_JS
-    if not target.exists():
-        from plotly.offline import get_plotlyjs
-
-        write_text(target, get_plotlyjs())
+__all__ = ["output_session", "prepare_output_dir", "origin", "write_ablation_outputs", "write_lens_file",
+           "write_lens_outputs", "write_map_outputs", "write_outputs"]
 
 
-def _write_csv(path: Path, report: dict) -> Path:
+def origin(report: dict) -> Origin:
+    """The command and the run a report comes from. The run is what makes outputs belong
+    together: model, probe(s), sample count(s), seed; outputs of runs that differ here are not left
+    side by side in a folder. No run for a comparison of report files: it belongs to none."""
+    if "model" not in report:
+        return Origin(report["command"])
+    entries = report.get("per_probe", [report])  # cross-probe: one entry per probe
+    return Origin(report["command"], {"model": report["model"], "probe": "+".join(str(e["probe"]) for e in entries),
+                                      "samples": "+".join(str(e["sample_count"]) for e in entries),
+                                      "seed": report["seed"]})
+
+
+def _plotly_js() -> dict[str, bytes]:
+    from plotly.offline import get_plotlyjs
+
+    return {charts.PLOTLY_JS: get_plotlyjs().encode("utf-8")}
+
+
+def _csv(report: dict) -> bytes:
     from neuro_scan.report.build import CSV_COLUMNS, csv_rows  # build needs torch; `compare` must not
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(csv_rows(report))
-    return write_text(path, buffer.getvalue())
+    return buffer.getvalue().encode("utf-8")
+
+
+def _page(figure) -> bytes:
+    return charts.page(figure).encode("utf-8")
 
 
 def write_ablation_outputs(folder: Path, report: dict, json_name: str = "ablation.json") -> list[Path]:
-    _write_plotly_js(folder)
-    return [
-        write_json(folder / json_name, report),
-        _write_csv(folder / "ablation.csv", report),
-        write_text(folder / "ablation.html", charts.page(charts.ablation_figure(report))),
-    ]
+    files = {json_name: json_bytes(report), "ablation.csv": _csv(report),
+             "ablation.html": _page(charts.ablation_figure(report))}
+    return write_set(folder, files, origin(report), _plotly_js())
 
 
 def write_map_outputs(folder: Path, report: dict) -> list[Path]:
@@ -54,21 +70,20 @@ def write_map_outputs(folder: Path, report: dict) -> list[Path]:
         "attention.html": ("attention", charts.attention_figure),
     }
     figures = {name: figure(report) for name, (phase, figure) in makers.items() if phase not in failed}
-    written = write_outputs(folder, {"report.json": report}, figures)
-    written.insert(1, _write_csv(folder / "ablation.csv", report))
     titles = {"ablation.html": "Ablation", "logit_lens.html": "Logit lens", "entropy_profile.html": "Entropy profile",
               "attention.html": "Attention entropy"}
-    page = dashboard_page(report, {titles.get(name, name): figure for name, figure in figures.items()}, failed)
-    written.append(write_text(folder / "index.html", page))
-    return written
+    files = {"report.json": json_bytes(report), "ablation.csv": _csv(report),
+             **{name: _page(figure) for name, figure in figures.items()},
+             "index.html": dashboard_page(report, {titles[n]: figure for n, figure in figures.items()}, failed).encode()}
+    return write_set(folder, files, origin(report), _plotly_js())
 
 
 def write_outputs(folder: Path, documents: dict[str, dict], figures: dict) -> list[Path]:
-    """JSON documents and chart pages by file name (``figures``: name -> plotly Figure)."""
-    _write_plotly_js(folder)
-    written = [write_json(folder / name, document) for name, document in documents.items()]
-    written += [write_text(folder / name, charts.page(figure)) for name, figure in figures.items()]
-    return written
+    """JSON documents and chart pages by file name (``figures``: name -> plotly Figure); the
+    first document is the report that says which run they come from."""
+    files = {name: json_bytes(document) for name, document in documents.items()}
+    files |= {name: _page(figure) for name, figure in figures.items()}
+    return write_set(folder, files, origin(next(iter(documents.values()))), _plotly_js())
 
 
 def write_lens_outputs(folder: Path, report: dict) -> list[Path]:
@@ -79,5 +94,5 @@ def write_lens_outputs(folder: Path, report: dict) -> list[Path]:
 
 
 def write_lens_file(path: Path, data: bytes) -> Path:
-    """`calibrate`: the tuned lens (safetensors bytes), written atomically."""
+    """`calibrate`: the tuned lens (safetensors bytes), written atomically on its own."""
     return write_bytes(path, data)
