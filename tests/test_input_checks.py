@@ -357,6 +357,15 @@ def test_empty_model_name(command, tmp_path, model_loading_forbidden):  # noqa: 
     assert_usage_error(rc, stdout, stderr, ["--model: must not be empty"], out)
 
 
+@pytest.mark.parametrize("args", [["fetch", "--model", ""], ["fetch", "--list", "--model", " "],
+                                  ["publish", "report.json", "--model", ""]], ids=["fetch", "fetch_list", "publish"])
+def test_empty_hub_model_name(args, tmp_path, monkeypatch):
+    """Refused before the Hub is asked or the report read (there is no report.json here)."""
+    monkeypatch.chdir(tmp_path)
+    rc, stdout, stderr = run_inprocess([*args, "--repo", "acme/reports"])
+    assert_usage_error(rc, stdout, stderr, ["--model: must not be empty"], None)
+
+
 # -------------------------------------------------------------------------------- nested JSON
 
 DEEP = "[" * 100_000 + "]" * 100_000

@@ -26,6 +26,11 @@ class FetchedReport:
     saved_to: Path | None
 
 
+def _check_model_given(model: str) -> None:
+    if not model.strip():
+        raise UsageError("--model: must not be empty; give a model id such as Qwen/Qwen2-7B or a name such as qwen2-7b")
+
+
 def _output_file(output: str | None) -> Path | None:
     """Check ``--output`` before anything is downloaded."""
     if output is None:
@@ -99,6 +104,7 @@ def _download(repo: HubRepo, model: str, probe: str) -> tuple[str, Path]:
 def fetch_report(repo_id: str, model: str, probe: str, output: str | None = None) -> FetchedReport:
     """Download (or read from the cache) the report of ``model`` on ``probe``, validate it, and
     save it as a report.json at ``output`` if given."""
+    _check_model_given(model)
     target = _output_file(output)
     repo = HubRepo(repo_id)
     path, local = _download(repo, model, probe)
@@ -114,6 +120,8 @@ def fetch_report(repo_id: str, model: str, probe: str, output: str | None = None
 
 def list_reports(repo_id: str, model: str | None = None) -> list[IndexEntry]:
     """The index (of the models ``model`` matches, if given), sorted by model and probe."""
+    if model is not None:
+        _check_model_given(model)
     repo = HubRepo(repo_id)
     index, note = _index_or_empty(repo)
     entries = list(index.entries)

@@ -31,6 +31,8 @@ class Published:
 def publish_report(report_file: str, repo_id: str, model: str | None = None, create_pr: bool = True) -> Published:
     """Upload ``report_file`` to ``repo_id``; ``model`` names the model on the Hub when the report
     was made from a local folder (its ``model`` is then a path)."""
+    if model is not None and not model.strip():
+        raise UsageError("--model: must not be empty; give the Hub model id (org/name) the report is of")
     checked = read_report(report_file)
     data = checked.data if model is None else {**checked.data, "model": model}
     info = validate_report(data, f"report file {report_file}")
