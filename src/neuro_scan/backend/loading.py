@@ -207,7 +207,7 @@ def _loaded(source: ModelSource, unreachable: str | None, load: Callable, part: 
     and keeps its traceback."""
     try:
         return load()
-    except Exception as exc:  # noqa: BLE001 - sorted out below: unexplained errors are raised again
+    except Exception as exc:  # sorted out below: an error nobody explains is raised again
         message = _explain_load_failure(source, exc, unreachable, part)
         if message is None:
             raise
