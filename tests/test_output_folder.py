@@ -305,7 +305,7 @@ def test_killed_cli_runs_leave_one_complete_set_and_the_next_run_cleans_up(demo_
         run.send_signal(signal.SIGKILL)
         run.communicate(timeout=60)
         if not (folder / COMMIT_FILE).exists():  # else the next run completes the commit first
-            assert old.is_complete_in(folder, [old, new]) or one_run(folder, [new]), (moment, sorted(os.listdir(folder)))
+            assert old.is_complete_in(folder, [old, new]) or one_run(folder, [new]), (moment, os.listdir(folder))
     rc, stdout, stderr = cli(["map", "--model", "demo", "--probe", "facts", "-o", str(folder)])
     assert rc == 0, stderr
     found = one_run(folder, [old, new])
@@ -323,8 +323,8 @@ def test_another_probe_removes_the_earlier_runs_files_and_keeps_the_users(demo_m
     assert rc == 0, stderr
     assert visible(folder) == ABLATE_FILES | {"notes.txt"} and (folder / "notes.txt").read_text() == "mine\n"
     removed = [line for line in stdout.splitlines() if line.startswith("removed")]
-    assert removed == [f"removed 5 files of an earlier run (map: model demo, probe facts, samples 24, seed 0) from {folder}: "
-                       "report.json, logit_lens.html, entropy_profile.html, attention.html, index.html"]
+    assert removed == ["removed 5 files of an earlier run (map: model demo, probe facts, samples 24, seed 0) from "
+                       f"{folder}: report.json, logit_lens.html, entropy_profile.html, attention.html, index.html"]
 
 
 def test_outputs_of_the_same_run_from_other_commands_stay(demo_maps, tmp_path):
@@ -399,8 +399,8 @@ def test_ctrl_c_says_what_was_stopped_and_what_the_folder_holds(earlier, demo_ma
     folder = copy_of(demo_maps["facts"], tmp_path / "results") if earlier else tmp_path / "results"
     before = {name: (folder / name).read_bytes() for name in visible(folder)} if earlier else None
     run = start(["map", "--model", "demo", "--probe", "arith", "-o", str(folder)], tmp_path)
+    # as soon as the run holds its folder: its checks are done and it loads the model, far from writing
     wait_for(lambda: lock_holder_pid(folder) == run.pid or run.poll() is not None, "the run's lock")
-    time.sleep(0.5)  # well inside the model load or the scan
     run.send_signal(signal.SIGINT)
     stdout, stderr = run.communicate(timeout=120)
     assert run.returncode == 130, stderr
@@ -414,3 +414,18 @@ def test_ctrl_c_says_what_was_stopped_and_what_the_folder_holds(earlier, demo_ma
         assert leftovers(folder) == set()
     else:
         assert not folder.exists()
+
+
+def test_ctrl_c_while_writing_takes_effect_once_the_files_are_in_place(demo_maps, tmp_path):
+    """The writing is not cut short: the folder holds the run's files as far as it wrote them."""
+    folder = copy_of(demo_maps["facts"], tmp_path / "results")
+    run = start(["map", "--model", "demo", "--probe", "arith", "-o", str(folder)], tmp_path)
+    wait_for(lambda: run.poll() is not None or any(n.startswith(TEMP_PREFIX) for n in os.listdir(folder)),
+             "the writing")
+    run.send_signal(signal.SIGINT)
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr
+    assert [line for line in stderr.splitlines() if line.strip()][-1] == \
+        f"interrupted: neuro-scan map stopped; {folder} holds what it had finished"
+    assert one_run(folder, [Run(demo_maps["arith"], MAP_FILES)]) is not None, sorted(os.listdir(folder))
+    assert leftovers(folder) == set()

@@ -197,10 +197,10 @@ def write_set(folder: Path, files: dict[str, bytes], origin: Origin,
     try:
         if held is None or held.lock is None:  # not held by this run: held for the writing only
             held = own = _hold_for_writing(folder, session)
-        with _interrupts_deferred():
+        with _interrupts_deferred():  # a Ctrl-C meanwhile is raised at the end of the block
             removed = _commit(folder, files, origin, support or {})
-        held.removed = {name: o for name, o in held.removed.items() if name not in files} | removed  # net of rewrites
-        held.written = True
+            held.removed = {name: o for name, o in held.removed.items() if name not in files} | removed  # net of rewrites
+            held.written = True
     except OSError as error:
         state = ("the next neuro-scan run into it completes the writing" if os.path.lexists(folder / COMMIT_FILE)
                  else "nothing was changed there")
