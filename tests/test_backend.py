@@ -7,10 +7,12 @@ import copy
 import pytest
 import torch
 
-from neuro_scan.backend.transformers import ARCHITECTURES, TransformersBackend
+from neuro_scan.backend.transformers import TransformersBackend
 from tiny_models import CONFIGS, tiny_model, tiny_tokenizer
 
 ARCHS = list(CONFIGS)
+# where each model keeps its decoder layers, written out here independently of the backend's discovery
+LAYER_LISTS = {"gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers", "opt": "model.decoder.layers"}
 TOL = 1e-5
 SEQUENCES = [[5, 17, 33, 8, 61, 12, 40], [9, 22, 70], [44, 45, 46, 47, 48]]
 
@@ -26,7 +28,7 @@ def real_positions(batch, row: int) -> slice:
 def delete_layer(model, model_type: str, index: int):
     """An independent model with decoder layer ``index`` really removed from its module list."""
     pruned = copy.deepcopy(model)
-    layers_path = ARCHITECTURES[model_type][0]
+    layers_path = LAYER_LISTS.get(model_type, "model.layers")
     parent = pruned
     for part in layers_path.split("."):
         parent = getattr(parent, part)
@@ -118,10 +120,11 @@ def test_unsupported_architecture_is_a_usage_error():
 
     from neuro_scan.errors import UsageError
 
-    config = AutoConfig.for_model("bloom", vocab_size=96, hidden_size=32, n_layer=2, n_head=4)
+    config = AutoConfig.for_model("bert", vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64)
     model = AutoModelForCausalLM.from_config(config)
-    with pytest.raises(UsageError, match="architecture 'bloom' is not supported"):
-        TransformersBackend(model, tiny_tokenizer(), "tiny-bloom")
+    with pytest.raises(UsageError, match="'bert' is an encoder-only"):
+        TransformersBackend(model, tiny_tokenizer(), "tiny-bert")
 
 
 def duplicate_block(model, model_type: str, first: int, stop: int):
@@ -129,7 +132,7 @@ def duplicate_block(model, model_type: str, first: int, stop: int):
     from torch import nn
 
     grown = copy.deepcopy(model)
-    layers_path = ARCHITECTURES[model_type][0]
+    layers_path = LAYER_LISTS.get(model_type, "model.layers")
     *parent_path, name = layers_path.split(".")
     parent = grown
     for part in parent_path:

@@ -64,8 +64,10 @@ def run_attention(engine: Engine, progress: Callable[[float], None] | None = Non
     backend, plan = engine.backend, engine.plan
     answer_rows = plan.pair_rows[plan.first_answer_pair]
     answer_cols = plan.pair_cols[plan.first_answer_pair]
-    sums: dict[str, list] = {key: [0.0] * engine.num_layers for key in MEANS}
-    counts: dict[str, list] = {key: [0] * engine.num_layers for key in MEANS}
+    # layers without attention (state-space, linear recurrence) are never reduced: 0/0, NaN (null in the report)
+    heads = backend.info.num_heads
+    sums: dict[str, list] = {key: [torch.zeros(heads, dtype=torch.float64)] * engine.num_layers for key in MEANS}
+    counts: dict[str, list] = {key: [torch.zeros(heads, dtype=torch.int64)] * engine.num_layers for key in MEANS}
     for rows in attention_blocks(engine, budget):
         batch = backend.make_batch(plan.sequences[rows])
         real = batch.attention_mask.bool().cpu()  # [B, T]

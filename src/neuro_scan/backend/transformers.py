@@ -20,37 +20,10 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from neuro_scan.backend import components
+from neuro_scan.backend import architecture, components
 from neuro_scan.backend.base import Intervention, LayerSkips, ModelInfo, Target, TokenBatch
 from neuro_scan.backend.loading import context_limit, unknown_pieces
 from neuro_scan.errors import UsageError
-
-# model_type -> (path of the decoder layer list, paths of the modules applied after the last layer)
-_LLAMA_LIKE = ("model.layers", ("model.norm",))
-ARCHITECTURES: dict[str, tuple[str, tuple[str, ...]]] = {
-    **{
-        name: _LLAMA_LIKE
-        for name in ("llama", "qwen2", "qwen3", "mistral", "mixtral", "gemma", "gemma2", "gemma3_text",
-                     "phi3", "olmo", "olmo2", "granite", "smollm3", "cohere", "stablelm")
-    },
-    "gpt2": ("transformer.h", ("transformer.ln_f",)),
-    "gpt_neox": ("gpt_neox.layers", ("gpt_neox.final_layer_norm",)),
-    "opt": ("model.decoder.layers", ("model.decoder.final_layer_norm", "model.decoder.project_out")),
-}
-
-
-# attention module inside a decoder layer, where it is not called self_attn
-ATTENTION_CHILD = {"gpt2": "attn", "gpt_neox": "attention"}
-
-
-def _submodule(model: nn.Module, path: str) -> nn.Module | None:
-    module: nn.Module | None = model
-    for part in path.split("."):
-        module = getattr(module, part, None)
-        if module is None:
-            return None
-    return module
-
 
 def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
@@ -64,30 +37,24 @@ class TransformersBackend:
 
     def __init__(self, model: nn.Module, tokenizer, model_id: str):
         model_type = model.config.model_type
-        if model_type not in ARCHITECTURES:
-            raise UsageError(
-                f"--model: architecture '{model_type}' is not supported; supported: {', '.join(sorted(ARCHITECTURES))}"
-            )
-        layers_path, final_paths = ARCHITECTURES[model_type]
-        layers = _submodule(model, layers_path)
-        if not isinstance(layers, nn.ModuleList):
-            raise UsageError(f"--model: could not find the decoder layers ({layers_path}) of this {model_type} model")
         model.requires_grad_(False)  # neuro-scan only reads the model: no gradient may ever reach its weights
         self.model = model
         self.tokenizer = tokenizer
-        self.layers: list[nn.Module] = list(layers)
-        self._base = model.base_model
-        self._final_modules = [m for m in (_submodule(model, p) for p in final_paths) if m is not None]
-        self._lm_head = model.get_output_embeddings()
-        self._softcap = getattr(model.config, "final_logit_softcapping", None)
         param = next(model.parameters())
-        config = model.config
+        sample = self.tokenize("The quick brown fox", add_special_tokens=True) or [0]
+        self._sample = torch.tensor([sample], device=param.device)  # what discovery runs the model on
+        self._architecture = architecture.discover(model, self._sample)
+        self._attention: list[nn.Module | None] | None = None  # found on first use (one eager forward)
+        self.layers: list[nn.Module] = list(self._architecture.layers)
+        self._base = self._architecture.decoder
+        self._lm_head = self._architecture.lm_head
+        config = model.config.get_text_config(decoder=True)
         self.info = ModelInfo(
             model_id=model_id,
             architecture=model_type,
             num_layers=len(self.layers),
             hidden_size=int(config.hidden_size),
-            vocab_size=int(self._lm_head.weight.shape[0]),
+            vocab_size=self._architecture.vocab_size,
             num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
             dtype=str(param.dtype).removeprefix("torch."),
             device=str(param.device),
@@ -150,7 +117,8 @@ class TransformersBackend:
         if start_stream is not None:
             streams[start_layer] = start_stream
 
-        replacements: dict[int, Callable] = {j: (lambda *a, **k: start_stream) for j in range(start_layer)}
+        resumed = self._architecture.as_output(start_stream) if start_stream is not None else None
+        replacements: dict[int, Callable] = {j: (lambda *a, **k: resumed) for j in range(start_layer)}
         for j, rows in skip.items():
             if j >= start_layer:
                 replacements[j] = self._skipping_forward(self.layers[j], rows)
@@ -162,7 +130,7 @@ class TransformersBackend:
 
         def record(index: int):
             def hook(_module, _args, output):
-                streams[index + 1] = output
+                streams[index + 1] = self._architecture.stream(output)
 
             return hook
 
@@ -185,13 +153,6 @@ class TransformersBackend:
                     stack.enter_context(_hook(self.layers[0].register_forward_pre_hook(record_input, with_kwargs=True)))
             stack.enter_context(_replaced_forwards(self.layers, replacements))
             self._base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-
-        for stream in streams:
-            if stream is not None and not isinstance(stream, torch.Tensor):
-                raise UsageError(
-                    f"--model: {self.info.architecture} decoder layers return {type(stream).__name__}, "
-                    "not a tensor; this transformers version is not supported (need transformers>=5)"
-                )
         return streams if capture else [streams[num_layers]]
 
     def _repeat_block(self, block: tuple[int, int], replacements: dict[int, Callable], stack: contextlib.ExitStack) -> None:
@@ -215,12 +176,12 @@ class TransformersBackend:
         first_pass = replacements.get(last, type(self.layers[last]).forward.__get__(self.layers[last]))
 
         def forward(*args, **kwargs):
-            hidden = first_pass(*args, **kwargs)
+            output = first_pass(*args, **kwargs)
             for index in range(first, stop):
                 rest, named = arguments[index]
                 layer = self.layers[index]  # its class's own forward: no hooks, no replacement
-                hidden = type(layer).forward(layer, hidden, *rest, **named)
-            return hidden
+                output = type(layer).forward(layer, self._architecture.stream(output), *rest, **named)
+            return output
 
         replacements[last] = forward
 
@@ -234,10 +195,10 @@ class TransformersBackend:
         what ``reduce`` keeps). Captured under eager attention whatever implementation the model
         was loaded with (SDPA and flash kernels never materialise the weights), then switched
         back. The model still builds its own masks, so sliding-window layers attend exactly as
-        they do normally.
+        they do normally. Layers without attention (state-space, linear recurrence) get None.
         """
         results: list = [None] * self.num_layers
-        reduced = [False] * self.num_layers
+        reduced = [self._attention_module(index) is None for index in range(self.num_layers)]
 
         def record(index: int):
             def hook(_module, _args, output):
@@ -245,18 +206,16 @@ class TransformersBackend:
                     return None
                 results[index] = reduce(index, output[1].float())
                 reduced[index] = True
-                return (output[0], None, *output[2:])  # the layer never reads the weights: free them now
+                return type(output)((output[0], None, *output[2:]))  # the layer never reads the weights: free them now
 
             return hook
 
-        previous = self.model.config._attn_implementation
         with contextlib.ExitStack() as stack:
             for index in range(self.num_layers):
-                stack.enter_context(_hook(self._attention_module(index).register_forward_hook(record(index))))
-            if previous != "eager":
-                self.model.set_attn_implementation("eager")
-                stack.callback(self.model.set_attn_implementation, previous)
-            self._base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+                if (module := self._attention_module(index)) is not None:
+                    stack.enter_context(_hook(module.register_forward_hook(record(index))))
+            extra = stack.enter_context(self._eager_attention())
+            self._base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, **extra)
         if not all(reduced):
             raise UsageError(f"--model: could not capture attention weights of this {self.info.architecture} model")
         return results
@@ -266,30 +225,51 @@ class TransformersBackend:
         the memory of :meth:`reduce_attention`; for looking at short inputs."""
         return self.reduce_attention(batch, lambda _layer, weights: weights)
 
-    def _attention_module(self, index: int) -> nn.Module:
-        """The attention module of decoder layer ``index`` (its forward returns (output, weights))."""
-        child = ATTENTION_CHILD.get(self.info.architecture, "self_attn")
-        module = getattr(self.layers[index], child, None)
-        if not isinstance(module, nn.Module):
-            raise UsageError(f"--model: could not find the attention of layer {index} of this {self.info.architecture} model")
-        return module
+    def _attention_module(self, index: int) -> nn.Module | None:
+        """The attention module of decoder layer ``index`` (under eager attention its forward returns
+        (output, weights)), or None where the layer has none (state-space, linear recurrence)."""
+        if self._attention is None:
+            with self._eager_attention() as extra:
+                self._attention = architecture.find_attention(self._architecture, self._sample, **extra)
+        return self._attention[index]
 
-    @staticmethod
-    def _skipping_forward(layer: nn.Module, rows: torch.Tensor | None, value: torch.Tensor | None = None) -> Callable:
+    @contextlib.contextmanager
+    def _eager_attention(self) -> Iterator[dict]:
+        """Eager attention for the duration (SDPA and flash kernels never materialise the weights).
+        Yields the keyword arguments a forward needs to return them (older model code returns
+        them only when asked with ``output_attentions``; it cannot switch implementation after
+        loading, so loading gives it eager attention from the start)."""
+        previous = self.model.config._attn_implementation
+        legacy = architecture.legacy_attention(type(self.model))
+        if previous != "eager" and legacy:
+            raise UsageError(f"--model: attention weights of this {self.info.architecture} model need eager attention, "
+                             "which its transformers code cannot switch to after loading (load it with "
+                             "attn_implementation='eager')")
+        if previous != "eager":
+            self.model.set_attn_implementation("eager")
+        try:
+            yield {"output_attentions": True} if legacy else {}
+        finally:
+            if previous != "eager":
+                self.model.set_attn_implementation(previous)
+
+    def _skipping_forward(self, layer: nn.Module, rows: torch.Tensor | None, value: torch.Tensor | None = None) -> Callable:
         """The layer's output replaced by its input (skip), or by its input plus ``value`` (the
         mean of the layer's residual update: mean ablation), in ``rows`` (None: every row)."""
 
         def passed(hidden: torch.Tensor) -> torch.Tensor:
             return hidden if value is None else hidden + value.to(hidden.dtype)
 
+        form = self._architecture
         if rows is None:
-            return lambda *args, **kwargs: passed(_hidden_arg(args, kwargs))
+            return lambda *args, **kwargs: form.as_output(passed(_hidden_arg(args, kwargs)))
         original = type(layer).forward.__get__(layer)
         keep = rows.view(-1, 1, 1)
 
         def forward(*args, **kwargs):
             hidden = _hidden_arg(args, kwargs)
-            return torch.where(keep, passed(hidden), original(*args, **kwargs))
+            output = original(*args, **kwargs)
+            return form.as_output(torch.where(keep, passed(hidden), form.stream(output)), like=output)
 
         return forward
 
@@ -327,7 +307,8 @@ class TransformersBackend:
 
         def hook_for(target: Target):
             if target.part == "layer":
-                return lambda _m, args, kwargs, output: add(target, output - _hidden_arg(args, kwargs))
+                return lambda _m, args, kwargs, output: add(target, self._architecture.stream(output)
+                                                            - _hidden_arg(args, kwargs))
             if target.part == "head":
                 return lambda _m, args: add(target, components.head_slice(args[0], target.head, self.info.num_heads))
             return lambda _m, _args, output: add(target, output[0] if isinstance(output, tuple) else output)
@@ -347,12 +328,7 @@ class TransformersBackend:
 
     def unembed(self, hidden: torch.Tensor, *, differentiable: bool = False) -> torch.Tensor:
         with contextlib.nullcontext() if differentiable else torch.inference_mode():
-            for module in self._final_modules:
-                hidden = module(hidden)
-            logits = self._lm_head(hidden).float()
-            if self._softcap:
-                logits = torch.tanh(logits / self._softcap) * self._softcap
-            return logits
+            return self._architecture.logits(hidden)
 
     def unembedding_sha256(self) -> str:
         weight = self._lm_head.weight.detach().to("cpu", torch.bfloat16).contiguous()
