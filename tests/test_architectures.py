@@ -204,6 +204,41 @@ def test_attention_entropy_reports_layers_without_attention_as_unavailable():
         assert bool(torch.isnan(torch.tensor(result.answer_bits[layer])).all()) != present
 
 
+def test_layers_without_attention_have_no_attention_or_head_targets():
+    from neuro_scan.backend.base import Intervention, Target
+
+    backend = TransformersBackend(tiny_any_model("jamba"), tiny_tokenizer(), "jamba")
+    batch = backend.make_batch(SEQUENCES)
+    for layer in range(backend.num_layers):
+        parts = {target.part for target in backend.targets_in(layer)}
+        if backend._attention_module(layer) is None:
+            assert parts <= {"layer", "mlp"}
+            with pytest.raises(UsageError, match=f"layer {layer} of this jamba model has no attention"):
+                backend.run(batch, interventions={Target(layer, "head", 0): Intervention()})
+        else:
+            assert {"attention", "head"} <= parts
+
+
+@pytest.mark.parametrize("model_type, config, why", [
+    ("bert", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
+     "'bert' is an encoder-only"),
+    ("t5", dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4), "'t5' is an encoder-decoder model"),
+])
+def test_encoder_models_are_refused_in_one_line_before_loading(tmp_path, model_type, config, why):
+    """A bert or t5 folder given to --model: exit code 2 and one line naming the model type and why."""
+    from transformers import AutoConfig, AutoModel
+    from typer.testing import CliRunner
+
+    from neuro_scan.cli import app
+
+    AutoModel.from_config(AutoConfig.for_model(model_type, vocab_size=96, **config)).save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    result = CliRunner().invoke(app, ["map", "--model", str(tmp_path), "--probe", "arith"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --model: ") and why in lines[0]
+
+
 # -- the table ----------------------------------------------------------------------------------
 
 

@@ -121,7 +121,7 @@ def resolve_dtype(dtype: str, device):
 
 def load_model(source: ModelSource, dtype, device):
     """Load a causal LM and its tokenizer; errors a user can fix become UsageError."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict = {}
     if source.kind == "gguf":
@@ -135,8 +135,11 @@ def load_model(source: ModelSource, dtype, device):
     if unreachable is not None:
         kwargs["local_files_only"] = True  # a cached copy still loads
     with _bars_only_for_downloads(source):
+        config = _loaded(source, unreachable, lambda: AutoConfig.from_pretrained(location, **kwargs))
+        options = _model_options(config)
         tokenizer = _loaded(source, unreachable, lambda: AutoTokenizer.from_pretrained(location, **kwargs), "tokenizer")
-        model = _loaded(source, unreachable, lambda: AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs))
+        model = _loaded(source, unreachable,
+                        lambda: AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **options, **kwargs))
     if getattr(model.config, "quantization_config", None) is not None and source.kind == "gguf":
         # dequantized GGUF weights are plain tensors now; the stale config only blocks save_pretrained
         del model.config.quantization_config
@@ -144,6 +147,24 @@ def load_model(source: ModelSource, dtype, device):
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer
+
+
+def _model_options(config) -> dict:
+    """Refuse, before any weight loads, what neuro-scan cannot map (encoder-only and encoder-decoder
+    models); give older model code eager attention from the start (it cannot switch later, and
+    attention entropy needs the weights eager attention computes)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    from neuro_scan.backend.architecture import legacy_attention, refusal
+
+    why = refusal(config)
+    if why is not None:
+        raise UsageError(f"--model: {why}")
+    try:
+        legacy = legacy_attention(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)])
+    except KeyError:  # no causal-LM class: from_pretrained says so
+        legacy = False
+    return {"attn_implementation": "eager"} if legacy else {}
 
 
 def context_limit(config) -> int | None:

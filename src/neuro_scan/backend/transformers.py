@@ -276,13 +276,20 @@ class TransformersBackend:
     # -- component targets --------------------------------------------------------------------
 
     def targets_in(self, layer: int) -> list[Target]:
+        """Attention and head targets only in layers with attention weights: a state-space or
+        linear-recurrence layer has neither."""
         found = [Target(layer)]
-        found += [Target(layer, part) for part in ("attention", "mlp") if components.find_part(self.layers[layer], part)]
-        if self.info.num_heads and components.find_output_projection(self.layers[layer]) is not None:
+        attends = self._attention_module(layer) is not None
+        found += [Target(layer, part) for part in ("attention", "mlp")
+                  if (attends or part == "mlp") and components.find_part(self.layers[layer], part)]
+        if attends and self.info.num_heads and components.find_output_projection(self.layers[layer]) is not None:
             found += [Target(layer, "head", head) for head in range(self.info.num_heads)]
         return found
 
     def _target_module(self, target: Target) -> nn.Module:
+        if target.part in ("attention", "head") and self._attention_module(target.layer) is None:
+            raise UsageError(f"layer {target.layer} of this {self.info.architecture} model has no attention "
+                             "(a state-space or linear-recurrence layer), so no attention block or heads")
         module = components.hooked_module(self.layers[target.layer], target)
         if module is None:
             raise UsageError(f"layer {target.layer} of this {self.info.architecture} model has no {target.part} "
