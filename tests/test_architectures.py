@@ -293,6 +293,13 @@ def test_table_covers_this_transformers_version():
     assert sorted(recorded_rows()) == MODEL_TYPES, "regenerate: python tests/test_architectures.py"
 
 
+def test_readme_states_the_verified_count():
+    verified = sum(" | verified | " in line for line in recorded_rows().values())
+    version = ".".join(transformers.__version__.split(".")[:2])
+    readme = " ".join((TABLE.parents[1] / "README.md").read_text().split())
+    assert f"{verified} of the {len(MODEL_TYPES)} causal-LM model types in transformers {version}" in readme
+
+
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_model_type_matches_the_table(model_type):
     row = examine(model_type)
