@@ -21,6 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from neuro_scan.backend.architecture import EXCEPTIONS, exception, refusal
@@ -70,12 +73,13 @@ def examine(model_type: str) -> Row:
 # -- the checks ---------------------------------------------------------------------------------
 
 
+@torch.no_grad()
 def logits_of(model, batch) -> torch.Tensor:
     return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits.float()
 
 
 def assert_close_on_real_tokens(ours: torch.Tensor, expected: torch.Tensor, batch, what: str) -> None:
-    scale = max(1.0, float(expected.detach().abs().max()))
+    scale = max(1.0, float(expected.abs().max()))
     for row in range(batch.size):
         real = slice(0, int(batch.lengths[row]))
         diff = float((ours[row, real] - expected[row, real]).abs().max())
@@ -186,6 +190,79 @@ def check_attention(backend: TransformersBackend, batch) -> int:
     expected = [i if backend._attention_module(i) is not None else None for i in range(backend.num_layers)]
     assert captured == expected
     return sum(c is not None for c in captured)
+
+
+class RunningMeanConfig(PretrainedConfig):
+    model_type = "running_mean_lm"
+
+    def __init__(self, vocab_size=128, hidden_size=32, num_hidden_layers=3, logit_scale=0.5, **kwargs):
+        self.vocab_size, self.hidden_size, self.num_hidden_layers = vocab_size, hidden_size, num_hidden_layers
+        self.logit_scale = logit_scale
+        super().__init__(**kwargs)
+
+
+class RunningMeanBlock(nn.Module):
+    """Mixes tokens by a causal running mean: no attention."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm, self.mix = nn.LayerNorm(width), nn.Linear(width, width)
+
+    def forward(self, hidden_states, attention_mask=None):
+        x = self.norm(hidden_states)
+        running = x.cumsum(dim=1) / torch.arange(1, x.shape[1] + 1).view(1, -1, 1)
+        return hidden_states + torch.tanh(self.mix(running))
+
+
+class RunningMeanTrunk(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.blocks = nn.ModuleList(RunningMeanBlock(config.hidden_size) for _ in range(config.num_hidden_layers))
+        self.ln_out = nn.LayerNorm(config.hidden_size)
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        hidden = self.wte(input_ids)
+        for block in self.blocks:
+            hidden = block(hidden, attention_mask=attention_mask)
+        return BaseModelOutput(last_hidden_state=self.ln_out(hidden))
+
+
+class RunningMeanLM(PreTrainedModel):
+    """A causal LM no table knows: names no transformers model uses (trunk.blocks, ln_out, unembed) and
+    a logit scale in its config; ``hidden_factor`` scales the logits by a factor the config does not name."""
+
+    config_class = RunningMeanConfig
+
+    def __init__(self, config, hidden_factor: float = 1.0):
+        super().__init__(config)
+        self.trunk = RunningMeanTrunk(config)
+        self.unembed = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.hidden_factor = hidden_factor
+
+    def get_decoder(self):
+        return self.trunk
+
+    def get_output_embeddings(self):
+        return self.unembed
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None, **kwargs):
+        hidden = self.trunk(input_ids, attention_mask).last_hidden_state
+        return CausalLMOutput(logits=self.unembed(hidden) * self.config.logit_scale * self.hidden_factor)
+
+
+def test_a_model_type_no_table_knows_works_when_discovery_finds_its_parts():
+    torch.manual_seed(0)
+    backend = TransformersBackend(RunningMeanLM(RunningMeanConfig()).eval(), tiny_tokenizer(), "running-mean")
+    assert backend._architecture.layers_path == "trunk.blocks" and backend.num_layers == 3
+    assert check_backend(backend).endswith("attention weights on 0/3 layers")
+
+
+def test_logits_discovery_cannot_reproduce_are_refused_not_misread():
+    torch.manual_seed(0)
+    model = RunningMeanLM(RunningMeanConfig(), hidden_factor=3.0).eval()
+    with pytest.raises(UsageError, match="logits of this running_mean_lm model are not reproduced"):
+        TransformersBackend(model, tiny_tokenizer(), "running-mean")
 
 
 def test_attention_entropy_reports_layers_without_attention_as_unavailable():
