@@ -30,13 +30,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from neuro_scan.frames import Framed
 from neuro_scan.analysis.ablation import AblationResult, ablation_result
 from neuro_scan.engine import Engine, Progress
 from neuro_scan.errors import UsageError
+from neuro_scan.report.read import Report, read_report, read_scan
 from neuro_scan.scoring import SampleScores
 from neuro_scan.statistics import FDR_LEVEL, LEVEL, Interval, mean_intervals
 
@@ -75,7 +78,7 @@ class PairInteraction:
 
 
 @dataclass
-class CircuitResult:
+class CircuitResult(Framed):
     plan: PairPlan
     singles: AblationResult
     pairs: list[PairInteraction]
@@ -101,22 +104,19 @@ class CircuitResult:
         return FDR_LEVEL * (len(self.synergistic) + len(self.redundant))
 
 
-def stored_singles(report: dict, engine: Engine, seed: int) -> AblationResult | None:
-    """The single-layer scan of an earlier ``map``/``ablate`` report, if it was made on the same
+def stored_singles(report: Report | dict, engine: Engine, seed: int) -> AblationResult | None:
+    """The single-layer scan of an earlier ``map``/``ablate`` report (read by ``report.read``, or a
+    document's dict, of which only the run and ``per_sample`` are read), if it was made on the same
     model, probe and samples: same model id, probe name, layer and sample counts, and per-sample
     baseline log-probs equal to this run's within REUSE_TOLERANCE. Otherwise None."""
+    scan = report.scan if isinstance(report, Report) else read_scan(report)
     info, probe = engine.backend.info, engine.probe
-    same_run = (report.get("model") == info.model_id and report.get("probe") == probe.name
-                and report.get("total_layers") == engine.num_layers and report.get("sample_count") == len(probe.samples))
-    per_sample = report.get("per_sample")
-    if not same_run or not isinstance(per_sample, dict):
+    if scan is None or (scan.model, scan.probe, scan.total_layers, scan.sample_count) != (
+            info.model_id, probe.name, engine.num_layers, len(probe.samples)):
         return None
-    try:
-        baseline = np.asarray(per_sample["baseline"]["answer_logprob"], dtype=np.float64)
-        ablated = np.asarray(per_sample["ablated"]["answer_logprob"], dtype=np.float64)
-        correct = np.asarray(per_sample["ablated"]["correct"], dtype=bool)
-    except (KeyError, TypeError, ValueError):
-        return None
+    baseline = np.asarray(scan.baseline_logprob, dtype=np.float64)
+    ablated = np.asarray(scan.ablated_logprob, dtype=np.float64)
+    correct = np.asarray(scan.ablated_correct, dtype=bool)
     shape = (engine.num_layers, len(probe.samples))
     if baseline.shape != shape[1:] or ablated.shape != shape or correct.shape != shape:
         return None
@@ -186,3 +186,44 @@ def run_circuit(engine: Engine, singles: AblationResult, plan: PairPlan, seed: i
     pairs = [PairInteraction(i, j, plan.reasons[(i, j)], joint_ci[n], interaction_ci[n])
              for n, (i, j) in enumerate(plan.pairs)]
     return CircuitResult(plan, singles, pairs, time.perf_counter() - started)
+
+
+@dataclass
+class CircuitRun(Framed):
+    """The `circuit` command's result, and where its single-layer scan came from."""
+
+    result: CircuitResult
+    singles_source: str
+
+
+def stored_scan_in(folder: Path, engine: Engine, seed: int) -> tuple[AblationResult, str] | None:
+    """A matching single-layer scan from report.json or ablation.json in ``folder`` -> (scan, its
+    file); a file that is missing or not a valid report is passed over."""
+    for name in ("report.json", "ablation.json"):
+        path = folder / name
+        try:
+            singles = stored_singles(read_report(path, str(path)), engine, seed) if path.is_file() else None
+        except UsageError:
+            continue
+        if singles is not None:
+            return singles, str(path)
+    return None
+
+
+def execute(session, options) -> CircuitRun:
+    from neuro_scan.analysis import ablation
+
+    engine = session.engine
+    stored = stored_scan_in(session.output, engine, options.seed) if session.output is not None else None
+    singles, source = (stored[0], f"reused from {stored[1]}") if stored else (ablation.execute(session, options), "computed")
+    similarity = None
+    if options.strategy == "thorough":
+        with session.phase("similarity", "layer output similarity", 1, timing="similarity_seconds"):
+            similarity = layer_similarity(engine)
+    plan = plan_pairs(options.strategy, singles, options.top_k_pairs, similarity)
+    session.notice(f"circuit ({options.strategy}): {len(plan.pairs)} pair evaluations on {len(session.probe.samples)} "
+                   f"samples; single-layer scan {source}")
+    with session.phase("pairs", f"ablating {len(plan.pairs)} layer pairs", len(plan.pairs),
+                       timing="pairs_seconds") as advance:
+        result = run_circuit(engine, singles, plan, options.seed, advance)
+    return CircuitRun(result, source)

@@ -22,20 +22,20 @@ Method (docs/compare.md):
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 
+from neuro_scan.frames import Framed
 from neuro_scan.errors import UsageError
+from neuro_scan.report.read import REFERENCE, Report, ReportError, read_report
 
 DEFAULT_TOLERANCE = 0.05
 OUR_UNIT = "answer log-prob (nats)"
 REFERENCE_UNIT = "reference score (expected digit 0-9)"
-# fields that a fetched dataset row may hold as JSON-encoded strings
-_ENCODED_FIELDS = ("ablation_results", "layer_labels", "top_important_layers")
 
 
 @dataclass
@@ -68,6 +68,19 @@ class ModelProfile:
     def mean_sensitivity(self) -> float:
         return float(self.damage.mean())
 
+    @property
+    def most_damaging_layer(self) -> int:
+        return int(np.argmax(self.damage))
+
+    @property
+    def significant_layers(self) -> list[int] | None:
+        """Layers whose damage interval lies above zero (None: the report has no intervals)."""
+        return [int(i) for i in np.flatnonzero(self.damage_ci[:, 0] > 0)] if self.damage_ci is not None else None
+
+    @property
+    def reasoning_fraction(self) -> float:
+        return len(self.reasoning_layers) / self.total_layers
+
 
 @dataclass
 class SharedDepth:
@@ -78,7 +91,7 @@ class SharedDepth:
 
 
 @dataclass
-class Comparison:
+class Comparison(Framed):
     profiles: list[ModelProfile]
     grid: np.ndarray  # [G] relative depths
     resampled: np.ndarray  # [M, G] each damage profile on the grid
@@ -92,6 +105,11 @@ class Comparison:
     @property
     def comparable_means(self) -> bool:
         return len({p.unit for p in self.profiles}) == 1 and len({p.probe for p in self.profiles}) == 1
+
+    @property
+    def ranked_profiles(self) -> list[ModelProfile]:
+        by_name = {p.name: p for p in self.profiles}
+        return [by_name[name] for name in self.ranking]
 
 
 def relative_depths(num_layers: int) -> np.ndarray:
@@ -125,75 +143,44 @@ def correlation_matrix(rows: np.ndarray, method) -> list[list[float | None]]:
     return [[method(a, b) for b in rows] for a in rows]
 
 
-def profile_from_report(data: object, source: str) -> ModelProfile:
-    """A report (ours, the reference's, or a fetched dataset row) -> its profile; anything else is
-    a one-line UsageError naming the file. The name is made unique later by :func:`compare`."""
-
-    def bad(why: str) -> UsageError:
-        return UsageError(f"{source}: not a neuro-scan report ({why})")
-
-    if not isinstance(data, dict):
-        raise bad("the top level is not a JSON object")
-    data = {key: _decoded(data[key]) if key in _ENCODED_FIELDS else data[key] for key in data}
-    rows = data.get("ablation_results")
-    if not isinstance(rows, list) or not rows:
-        raise bad("no 'ablation_results' list")
-    damage: dict[int, float] = {}
-    intervals: dict[int, list] = {}
-    for row in rows:
-        if not isinstance(row, dict):
-            raise bad("an 'ablation_results' entry is not an object")
-        layer, delta = row.get("layer_idx"), row.get("score_delta")
-        if not isinstance(layer, int) or isinstance(layer, bool) or not _is_number(delta):
-            raise bad("an 'ablation_results' entry lacks an integer 'layer_idx' or a numeric 'score_delta'")
-        damage[layer] = float(delta)
-        ci = row.get("score_delta_ci")
-        if isinstance(ci, list) and len(ci) == 2 and all(_is_number(v) for v in ci):
-            intervals[layer] = [float(v) for v in ci]
-    total = data.get("total_layers", len(rows))
-    if not isinstance(total, int) or sorted(damage) != list(range(total)):
-        raise bad(f"'ablation_results' must hold one entry per layer 0..{total - 1 if isinstance(total, int) else '?'}")
-    model = data.get("model", data.get("model_id"))
-    if not isinstance(model, str) or not model:
-        raise bad("no 'model' name")
-    top = data.get("top_important_layers")
-    top = top if isinstance(top, list) else []
-    top_layers = [i for i in top if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < total]
-    reasoning, reasoning_source = _reasoning_layers(data.get("layer_labels"), top_layers, total)
-    baseline = data.get("baseline_score")
+def profile_from_report(report: Report | str | Path | dict, source: str) -> ModelProfile:
+    """A report (read, a file or a parsed document: ours, the reference's, or a fetched dataset
+    row) -> its profile; anything else is a one-line UsageError naming ``source``. The name is made
+    unique later by :func:`compare`."""
+    try:
+        read = report if isinstance(report, Report) else read_report(report, source)
+    except ReportError as error:
+        raise UsageError(f"{source}: no such report file" if error.missing else
+                         f"{source}: not a neuro-scan report ({error.why})") from None
+    damage = read.profile()
+    if damage is None:
+        if not read.rows:
+            why = f"it is a {read.kind} report, with no 'ablation_results' list: give a map or ablate report"
+        else:
+            why = (f"'ablation_results' must hold one entry per layer 0..{read.total_layers - 1} with a numeric "
+                   "'score_delta'")
+        raise UsageError(f"{source}: not a neuro-scan report ({why})")
+    intervals = read.profile_intervals()
+    reasoning, reasoning_source = _reasoning_layers(read)
     return ModelProfile(
-        name=model,
-        model=model,
+        name=read.model,
+        model=read.model,
         source=source,
-        probe=str(data.get("probe", "")),
-        damage=np.array([damage[i] for i in range(total)]),
-        damage_ci=np.array([intervals[i] for i in range(total)]) if len(intervals) == total else None,
-        top_layers=top_layers,
+        probe=read.probe or "",
+        damage=np.array(damage),
+        damage_ci=np.array(intervals) if intervals is not None else None,
+        top_layers=[row.layer for row in read.top_layers],
         reasoning_layers=reasoning,
         reasoning_source=reasoning_source,
-        unit=OUR_UNIT if "score_definition" in data else REFERENCE_UNIT,
-        baseline_score=float(baseline) if _is_number(baseline) else None,
+        unit=REFERENCE_UNIT if read.flavour == REFERENCE else OUR_UNIT,
+        baseline_score=read.baseline_score,
     )
 
 
-def _decoded(value):
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except (json.JSONDecodeError, RecursionError):
-            return value
-    return value
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
-
-
-def _reasoning_layers(labels, top_layers: list[int], total: int) -> tuple[list[int], str]:
-    if isinstance(labels, dict) and labels:
-        chosen = sorted(int(k) for k, v in labels.items() if v == "reasoning" and str(k).isdigit() and int(k) < total)
-        return chosen, "layer_labels"
-    return sorted(set(top_layers)), "top_important_layers"
+def _reasoning_layers(report: Report) -> tuple[list[int], str]:
+    if report.labels:
+        return sorted(layer for layer, label in report.labels.items() if label == "reasoning"), "layer_labels"
+    return sorted({row.layer for row in report.top_layers}), "top_important_layers"
 
 
 def unique_names(profiles: list[ModelProfile]) -> None:
@@ -252,3 +239,16 @@ def compare(profiles: list[ModelProfile], tolerance: float = DEFAULT_TOLERANCE) 
         tolerance=tolerance,
         ranking=[p.name for p in sorted(profiles, key=lambda p: -p.mean_sensitivity)],
     )
+
+
+def validate(options) -> Path:
+    """The `compare` command's checks -> its output folder (held until the end)."""
+    from neuro_scan.report import prepare_output_dir
+
+    options.check()
+    return prepare_output_dir(options.output)
+
+
+def execute(options) -> Comparison:
+    tolerance = DEFAULT_TOLERANCE if options.tolerance is None else options.tolerance
+    return compare([profile_from_report(Path(path), path) for path in options.reports], tolerance)

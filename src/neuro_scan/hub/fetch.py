@@ -11,18 +11,21 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.markup import escape
+from rich.table import Table
+
 from neuro_scan.errors import UsageError
 from neuro_scan.hub.layout import INDEX_FILE, HubIndex, IndexEntry, is_model_id, is_probe_name, match_models, report_path
 from neuro_scan.hub.remote import HubRepo, NotCached
 from neuro_scan.report.files import write_json
-from neuro_scan.report.validate import CheckedReport, parse_report
+from neuro_scan.report.read import Report, annotatable, read_report
 
 
 @dataclass(frozen=True)
 class FetchedReport:
     repo: str
     path: str  # in the repository
-    report: CheckedReport
+    report: Report
     saved_to: Path | None
 
 
@@ -109,13 +112,35 @@ def fetch_report(repo_id: str, model: str, probe: str, output: str | None = None
     repo = HubRepo(repo_id)
     path, local = _download(repo, model, probe)
     where = f"{path} of {repo}"
-    report = parse_report(local.read_bytes(), where)
-    if report_path(report.info.model, report.info.probe or probe) != path:
-        raise UsageError(f"{where} holds a report of '{report.info.model}' on '{report.info.probe}', "
-                         "not the one its path names")
+    report = annotatable(read_report(local, where))
+    if report_path(report.model, report.probe or probe) != path:
+        raise UsageError(f"{where} holds a report of '{report.model}' on '{report.probe}', not the one its path names")
     if target is not None:
-        write_json(target, report.data)
+        write_json(target, report.document)
     return FetchedReport(repo_id, path, report, target)
+
+
+def summary(fetched: FetchedReport) -> list:
+    """Whose report it is, where it came from, its baseline, top layers and labels."""
+    report = fetched.report
+    lines: list = [
+        f"[bold]{escape(report.model)}[/bold] · probe [bold]{escape(report.probe or '?')}[/bold] · "
+        f"{report.total_layers} layers · scanned {escape(report.created_at or 'on an unrecorded date')} "
+        f"by {escape(report.made_by)}",
+        f"from {escape(fetched.repo)}: {escape(fetched.path)}",
+    ]
+    if report.baseline_score is not None:
+        stderr = f" ± {report.baseline_stderr:.3f} (standard error)" if report.baseline_stderr is not None else ""
+        lines.append(f"baseline score: {report.baseline_score:.3f}{stderr}")
+    table = Table("top layer", "damage (score_delta)", "label")
+    for top in report.top_layers:
+        table.add_row(str(top.layer), "n/a" if top.score_delta is None else f"{top.score_delta:.4f}",
+                      escape(top.label or ""))
+    runs = [f"{first}{'' if first == last else f'-{last}'} {label}" for first, last, label in report.label_runs()]
+    lines += [table, "labels: " + escape(" · ".join(runs) or "none")]
+    if fetched.saved_to is not None:
+        lines.append(f"wrote {escape(str(fetched.saved_to))}")
+    return lines
 
 
 def list_reports(repo_id: str, model: str | None = None) -> list[IndexEntry]:

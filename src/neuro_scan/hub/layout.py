@@ -6,7 +6,6 @@ One file per report, ``reports/<model id with / replaced by __>/<probe>.json``, 
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING
 from neuro_scan.errors import UsageError
 
 if TYPE_CHECKING:  # the CLI imports this module at start-up: standard library only
-    from neuro_scan.report.validate import ReportInfo
+    from neuro_scan.report.read import Report
 
 DEFAULT_REPO = "XXO47OXX/neuro-scan-results"  # the dataset the reference tool's README names
 REPO_ENV = "NEURO_SCAN_HUB_REPO"
@@ -53,11 +52,11 @@ class IndexEntry:
         return self.model.casefold(), self.model, self.probe
 
     @classmethod
-    def for_report(cls, info: ReportInfo) -> IndexEntry:
-        assert info.probe is not None
-        return cls(model=info.model, probe=info.probe, path=report_path(info.model, info.probe),
-                   layers=info.total_layers, scan_date=info.created_at, tool_version=info.tool_version,
-                   format=info.flavour)
+    def for_report(cls, report: Report) -> IndexEntry:
+        assert report.model is not None and report.probe is not None and report.total_layers is not None
+        return cls(model=report.model, probe=report.probe, path=report_path(report.model, report.probe),
+                   layers=report.total_layers, scan_date=report.created_at, tool_version=report.tool_version,
+                   format=report.flavour)
 
 
 @dataclass(frozen=True)
@@ -67,12 +66,9 @@ class HubIndex:
     @classmethod
     def parse(cls, text: str | bytes, where: str) -> HubIndex:
         """``where`` names the file in errors, e.g. "index.json of dataset org/name"."""
-        try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise UsageError(f"{where} is not valid JSON ({error})") from None
-        except RecursionError:
-            raise UsageError(f"{where} is not a neuro-scan report index (its JSON is nested too deeply to read)") from None
+        from neuro_scan.report.read import load_json
+
+        data = load_json(text, where, "neuro-scan report index")
         if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT or not isinstance(data.get("reports"), list):
             raise UsageError(f"{where} is not a neuro-scan report index (expected an object with "
                              f"\"format\": \"{INDEX_FORMAT}\" and a \"reports\" list)")

@@ -16,7 +16,7 @@ from neuro_scan.errors import UsageError
 from neuro_scan.hub.layout import INDEX_FILE, HubIndex, IndexEntry, is_model_id, is_probe_name
 from neuro_scan.hub.remote import HubRepo
 from neuro_scan.report.files import write_json
-from neuro_scan.report.validate import read_report, validate_report
+from neuro_scan.report.read import annotatable, read_report
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,12 @@ def publish_report(report_file: str, repo_id: str, model: str | None = None, cre
     was made from a local folder (its ``model`` is then a path)."""
     if model is not None and not model.strip():
         raise UsageError("--model: must not be empty; give the Hub model id (org/name) the report is of")
-    checked = read_report(report_file)
-    data = checked.data if model is None else {**checked.data, "model": model}
-    info = validate_report(data, f"report file {report_file}")
-    profile_from_report(data, report_file)  # what compare refuses to read is not published either
+    where = f"report file {report_file}"
+    info = read_report(Path(report_file), where)
+    if model is not None:
+        info = read_report({**info.document, "model": model}, where)
+    annotatable(info)
+    profile_from_report(info, report_file)  # what compare refuses to read is not published either
     if not is_model_id(info.model):
         raise UsageError(f"report file {report_file}: model '{info.model}' is not a Hugging Face model id "
                          "(org/name); say which model it is with --model")
@@ -53,7 +55,7 @@ def publish_report(report_file: str, repo_id: str, model: str | None = None, cre
     description = (f"Published with `neuro-scan publish`: {info.total_layers} layers, scanned {info.created_at or '?'} "
                    f"by {'neuro-scan ' + info.tool_version if info.tool_version else 'the reference tool'}.")
     with tempfile.TemporaryDirectory(prefix="neuro-scan-publish-") as staging:
-        files = {entry.path: write_json(Path(staging) / "report.json", data),
+        files = {entry.path: write_json(Path(staging) / "report.json", info.document),
                  INDEX_FILE: write_json(Path(staging) / INDEX_FILE, index.to_json())}
         url = repo.commit(files, message, description, create_pr)
     return Published(entry, repo_id, url, create_pr, replaced)
