@@ -47,6 +47,18 @@ class LayerAblation:
     def significant_gain(self) -> bool:
         return self.damage.significant and self.damage.mean < 0
 
+    @property
+    def significant(self) -> bool:
+        """Removing the layer changes the score significantly, either way."""
+        return self.significant_damage or self.significant_gain
+
+
+@dataclass
+class CategoryAccuracy:
+    samples: int
+    baseline: float
+    per_layer: list[float]  # with each layer skipped
+
 
 @dataclass
 class AblationResult:
@@ -66,6 +78,18 @@ class AblationResult:
         significant = self.important_layers[:k]
         rest = [layer for layer in self.ranked_layers if layer not in significant and self.layers[layer].damage.mean > 0]
         return significant + rest[: k - len(significant)]
+
+    def category_accuracy(self, categories: list[str]) -> dict[str, CategoryAccuracy]:
+        """Accuracy per sample category (``categories``: each sample's), at baseline and with each layer skipped."""
+        labels = np.array(categories)
+        return {
+            str(category): CategoryAccuracy(
+                samples=int((labels == category).sum()),
+                baseline=float(self.baseline_correct[labels == category].mean()),
+                per_layer=[float(v) for v in self.ablated_correct[:, labels == category].mean(axis=1)])
+            for category in sorted(set(labels.tolist()))
+        }
+
 
 
 def summarize(scores: SampleScores, seed: int) -> ProbeScore:

@@ -43,6 +43,28 @@ class LensLayer:
     entropy_bits: np.ndarray  # [S]
     kl_to_final_bits: np.ndarray  # [S] KL(model's final distribution || lens distribution)
 
+    @property
+    def mean_answer_prob(self) -> float:
+        return float(np.mean(self.answer_prob))
+
+    @property
+    def median_answer_rank(self) -> float:
+        return float(np.median(self.answer_rank))
+
+    @property
+    def top1_fraction(self) -> float:
+        """The share of samples whose every answer token is top-1 here."""
+        return float(np.mean(self.answer_rank == 0))
+
+    @property
+    def mean_entropy_bits(self) -> float:
+        return float(np.mean(self.entropy_bits))
+
+    @property
+    def mean_kl_to_final_bits(self) -> float:
+        return float(np.mean(self.kl_to_final_bits))
+
+
 
 @dataclass
 class LensResult:
