@@ -5,7 +5,7 @@ Run by tests/test_output_folder.py:
     python interrupted_writer.py PRISTINE WORK WRITER REPORT
 
 For k = 1, 2, ... a fresh copy of the folder PRISTINE is made at WORK/k, and a forked child runs
-the writer (``map``: write_map_outputs, ``ablate``: write_ablation_outputs) on the report file
+the writer (report.write of the files ``map`` or ``ablate`` makes from its report) on the report file
 REPORT into it, sending itself SIGKILL just before its k-th call of os.open, os.fsync,
 os.replace, os.rename, os.unlink, os.mkdir, os.rmdir, os.ftruncate or os.pwrite (nothing is
 faked: the real code runs and the process really dies there). The first k the writer survives
@@ -59,9 +59,13 @@ def run_writer(writer, folder: Path, report: dict, stop_at: int, trace: list) ->
 
 def main() -> None:
     pristine, work, kind, report_file = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
-    from neuro_scan.report import write_ablation_outputs, write_map_outputs
+    from neuro_scan.report import ablation, map as map_report, write
 
-    writer = {"map": write_map_outputs, "ablate": write_ablation_outputs}[kind]
+    files_of = {"map": map_report.files_of, "ablate": ablation.files_of}[kind]
+
+    def writer(folder: Path, report: dict) -> list[Path]:
+        return write(folder, files_of(report))
+
     report = json.loads(report_file.read_text(encoding="utf-8"))
     warm = work / "warm-up"  # imports and plotly's script are loaded before any child starts
     writer(warm, report)

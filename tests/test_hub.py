@@ -24,7 +24,7 @@ from test_cli_errors import assert_usage_error
 
 from neuro_scan.errors import UsageError
 from neuro_scan.hub.layout import INDEX_FORMAT, HubIndex, IndexEntry, match_models, report_path
-from neuro_scan.report.validate import READABLE_FORMATS, REFERENCE, validate_report
+from neuro_scan.report.read import READABLE_FORMATS, REFERENCE, read_report as validate_report
 
 REPO = "acme/layer-maps"
 TOKEN = "hf_test_token"
@@ -534,7 +534,7 @@ def test_index_replaces_the_entry_of_the_same_model_and_probe():
 
 
 def test_validator_accepts_ours_and_the_reference_format(demo_report):
-    from neuro_scan.report.build import REPORT_FORMAT
+    from neuro_scan.report.map import FORMAT as REPORT_FORMAT
 
     assert REPORT_FORMAT in READABLE_FORMATS  # what `map` writes, `fetch`/`publish` read
     ours = validate_report(demo_report, "ours")

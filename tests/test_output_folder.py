@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from neuro_scan.cli import app
-from neuro_scan.report import prepare_output_dir, write_lens_file, write_outputs
+from neuro_scan.report import ReportFiles, prepare_output_dir, write, write_lens_file
 from neuro_scan.report.folder import COMMIT_FILE, MANIFEST_FILE, TEMP_PREFIX
 from neuro_scan.report.lock import LOCK_FILE
 
@@ -351,7 +351,8 @@ def test_outputs_of_the_same_run_from_other_commands_stay(demo_maps, tmp_path):
 def _comparison(folder: Path) -> list[Path]:
     import plotly.graph_objects as go
 
-    return write_outputs(folder, {"comparison.json": {"command": "compare"}}, {"comparison.html": go.Figure()})
+    return write(folder, ReportFiles({"comparison.json": {"command": "compare"}}, "comparison.json",
+                                     figures={"comparison.html": go.Figure()}))
 
 
 @pytest.mark.parametrize("damage", ["empty", "same size, other content"])

@@ -1,96 +1,76 @@
 """The only code that writes files: JSON, CSV and self-contained (offline) Plotly HTML.
 
-Each write of a command goes into its output folder as one unit (``report.folder``): the folder
-holds the files of one run as that run last wrote them, never a mix of runs.
+One module per kind of document (``report.map``, ``report.ablation``, ``report.lens``,
+``report.attention``, ``report.circuit``, ``report.cross_probe``, ``report.comparison``,
+``report.prompt_repeat``), each with its format tag ``FORMAT``, ``files(result, run)`` (the
+analysis's result -> :class:`ReportFiles`) and ``summary(document)`` (what the terminal shows).
+Report modules only serialise and plot: every number they write is computed by the analysis.
+:func:`write` puts a run's files into its output folder as one unit (``report.folder``): the
+folder holds the files of one run as that run last wrote them, never a mix of runs.
+``report.read`` reads every kind back.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from neuro_scan.report import charts, lens_charts
 from neuro_scan.report.files import json_bytes, write_bytes
 from neuro_scan.report.folder import Origin, output_session, prepare_output_dir, write_set
 
-__all__ = ["output_session", "prepare_output_dir", "origin", "write_ablation_outputs", "write_lens_file",
-           "write_lens_outputs", "write_map_outputs", "write_outputs"]
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+__all__ = ["ReportFiles", "csv_bytes", "origin", "output_session", "prepare_output_dir", "write", "write_lens_file"]
 
 
-def origin(report: dict) -> Origin:
-    """The command and the run a report comes from. The run is what makes outputs belong
+@dataclass
+class ReportFiles:
+    """Everything one run writes, by file name."""
+
+    documents: dict[str, dict]  # the JSON documents
+    main: str  # the document that says which run they all come from (and is summarised)
+    tables: dict[str, bytes] = field(default_factory=dict)  # CSV files
+    figures: dict[str, go.Figure] = field(default_factory=dict)  # one page each
+    dashboard: bool = False  # index.html: the main document and every figure on one page
+    failed_phases: dict[str, str] = field(default_factory=dict)  # phase -> error, for the phases that failed
+
+
+def write(folder: Path, files: ReportFiles) -> list[Path]:
+    """Write ``files`` into ``folder`` as one unit, with plotly.min.js beside the pages -> their paths."""
+    from neuro_scan.report.charts import page, plotly_js
+
+    main = files.documents[files.main]
+    written = {name: json_bytes(document) for name, document in files.documents.items()} | files.tables
+    written |= {name: page(figure).encode("utf-8") for name, figure in files.figures.items()}
+    if files.dashboard:
+        from neuro_scan.report.dashboard import dashboard_page
+
+        written["index.html"] = dashboard_page(main, files.figures, files.failed_phases).encode("utf-8")
+    return write_set(folder, written, origin(main), plotly_js())
+
+
+def origin(document: dict) -> Origin:
+    """The command and the run a document comes from. The run is what makes outputs belong
     together: model, probe(s), sample count(s), seed; outputs of runs that differ here are not left
     side by side in a folder. No run for a comparison of report files: it belongs to none."""
-    if "model" not in report:
-        return Origin(report["command"])
-    entries = report.get("per_probe", [report])  # cross-probe: one entry per probe
-    return Origin(report["command"], {"model": report["model"], "probe": "+".join(str(e["probe"]) for e in entries),
-                                      "samples": "+".join(str(e["sample_count"]) for e in entries),
-                                      "seed": report["seed"]})
+    if "model" not in document:
+        return Origin(document["command"])
+    entries = document.get("per_probe", [document])  # cross-probe: one entry per probe
+    return Origin(document["command"], {"model": document["model"], "probe": "+".join(str(e["probe"]) for e in entries),
+                                        "samples": "+".join(str(e["sample_count"]) for e in entries),
+                                        "seed": document["seed"]})
 
 
-def _plotly_js() -> dict[str, bytes]:
-    from plotly.offline import get_plotlyjs
-
-    return {charts.PLOTLY_JS: get_plotlyjs().encode("utf-8")}
-
-
-def _csv(report: dict) -> bytes:
-    from neuro_scan.report.build import CSV_COLUMNS, csv_rows  # build needs torch; `compare` must not
-
+def csv_bytes(columns: list[str], rows: list[dict]) -> bytes:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(csv_rows(report))
+    writer.writerows(rows)
     return buffer.getvalue().encode("utf-8")
-
-
-def _page(figure) -> bytes:
-    return charts.page(figure).encode("utf-8")
-
-
-def write_ablation_outputs(folder: Path, report: dict, json_name: str = "ablation.json") -> list[Path]:
-    files = {json_name: json_bytes(report), "ablation.csv": _csv(report),
-             "ablation.html": _page(charts.ablation_figure(report))}
-    return write_set(folder, files, origin(report), _plotly_js())
-
-
-def write_map_outputs(folder: Path, report: dict) -> list[Path]:
-    """report.json, ablation.csv, one page per chart, and index.html holding them all; a phase that
-    failed has no chart pages, and the dashboard says why."""
-    from neuro_scan.report.build import failed_phases
-    from neuro_scan.report.dashboard import dashboard_page
-
-    failed = failed_phases(report)
-    makers = {  # page -> (the phase it shows, its figure)
-        "ablation.html": ("ablation", charts.ablation_figure),
-        "logit_lens.html": ("lens", lens_charts.logit_lens_figure),
-        "entropy_profile.html": ("lens", lens_charts.entropy_profile_figure),
-        "attention.html": ("attention", charts.attention_figure),
-    }
-    figures = {name: figure(report) for name, (phase, figure) in makers.items() if phase not in failed}
-    titles = {"ablation.html": "Ablation", "logit_lens.html": "Logit lens", "entropy_profile.html": "Entropy profile",
-              "attention.html": "Attention entropy"}
-    files = {"report.json": json_bytes(report), "ablation.csv": _csv(report),
-             **{name: _page(figure) for name, figure in figures.items()},
-             "index.html": dashboard_page(report, {titles[n]: figure for n, figure in figures.items()}, failed).encode()}
-    return write_set(folder, files, origin(report), _plotly_js())
-
-
-def write_outputs(folder: Path, documents: dict[str, dict], figures: dict) -> list[Path]:
-    """JSON documents and chart pages by file name (``figures``: name -> plotly Figure); the
-    first document is the report that says which run they come from."""
-    files = {name: json_bytes(document) for name, document in documents.items()}
-    files |= {name: _page(figure) for name, figure in figures.items()}
-    return write_set(folder, files, origin(next(iter(documents.values()))), _plotly_js())
-
-
-def write_lens_outputs(folder: Path, report: dict) -> list[Path]:
-    """`logit-lens`: logit_lens.json, logit_lens.html and entropy_profile.html."""
-    return write_outputs(folder, {"logit_lens.json": report},
-                         {"logit_lens.html": lens_charts.logit_lens_figure(report),
-                          "entropy_profile.html": lens_charts.entropy_profile_figure(report)})
 
 
 def write_lens_file(path: Path, data: bytes) -> Path:

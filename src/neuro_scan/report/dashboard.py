@@ -9,6 +9,9 @@ import plotly.graph_objects as go
 
 from neuro_scan.report.charts import LABEL_COLOURS, PLOTLY_JS
 
+TITLES = {"ablation.html": "Ablation", "logit_lens.html": "Logit lens", "entropy_profile.html": "Entropy profile",
+          "attention.html": "Attention entropy"}  # each chart's heading, by its page
+
 STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 0 auto; max-width: 1200px;
        padding: 16px 24px; color: #222; }
@@ -57,7 +60,8 @@ def _failures(failed: dict[str, str]) -> str:
 
 
 def dashboard_page(report: dict, figures: dict[str, go.Figure], failed: dict[str, str] | None = None) -> str:
-    """``failed``: phase -> error, for the phases that failed (their figures are not given)."""
+    """``figures``: by page name; ``failed``: phase -> error, for the phases that failed (their
+    figures are not given)."""
     failed = failed or {}
     baseline = report["baseline"]
     lens = report.get("logit_lens") or {}
@@ -72,7 +76,7 @@ def dashboard_page(report: dict, figures: dict[str, go.Figure], failed: dict[str
         _number("scan time", f"{report['scan_time_seconds']:.1f} s"),
     ]
     charts = "\n".join(
-        f"<h2>{html.escape(name)}</h2><div class='chart'>"
+        f"<h2>{html.escape(TITLES.get(name, name))}</h2><div class='chart'>"
         f"{figure.to_html(full_html=False, include_plotlyjs=False, config={'responsive': True})}</div>"
         for name, figure in figures.items()
     )

@@ -1,4 +1,4 @@
-"""prompt_repeat.json and prompt_repeat.html: repetition vs layer duplication, with intervals.
+"""`prompt-repeat`: prompt_repeat.json and prompt_repeat.html, repetition vs layer duplication.
 
 prompt_repeat.json keeps the reference's ``repeat_results`` (repeat count -> mean score) and
 ``baseline_x1``, and adds every duplication, the equivalence curve and a verdict per count.
@@ -8,9 +8,22 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+from rich.markup import escape
+from rich.table import Table
 
 from neuro_scan.analysis.prompt_repeat import Condition, Duplication, Match, PromptRepeatResult
-from neuro_scan.report.build import RunInfo, header
+from neuro_scan.report import ReportFiles
+from neuro_scan.report.charts import interval_bars
+from neuro_scan.report.document import header
+from neuro_scan.report.read import FORMATS
+from neuro_scan.session import RunInfo
+
+FORMAT = FORMATS["prompt-repeat"]
+
+
+def files(result: PromptRepeatResult, run: RunInfo) -> ReportFiles:
+    report = document(result, run)
+    return ReportFiles({"prompt_repeat.json": report}, "prompt_repeat.json", figures={"prompt_repeat.html": figure(report)})
 
 
 def _condition(condition: Condition) -> dict:
@@ -29,8 +42,8 @@ def _match(match: Match) -> dict:
             "difference_ci": match.difference.as_list(), "indistinguishable": match.indistinguishable}
 
 
-def prompt_repeat_report(run: RunInfo, result: PromptRepeatResult) -> dict:
-    report = header(run, "prompt-repeat")
+def document(result: PromptRepeatResult, run: RunInfo) -> dict:
+    report = header(run, "prompt-repeat", FORMAT)
     report.update({
         "repeat_results": {str(r.count): r.condition.score for r in result.repetitions},
         "baseline_x1": result.baseline.score,
@@ -62,38 +75,52 @@ def prompt_repeat_report(run: RunInfo, result: PromptRepeatResult) -> dict:
     return report
 
 
-def prompt_repeat_figure(report: dict) -> go.Figure:
+def figure(report: dict) -> go.Figure:
     """The equivalence curve (repetition N vs its best-matching duplication) and the duplication map."""
-    figure = make_subplots(rows=2, cols=1, row_heights=[0.5, 0.5], vertical_spacing=0.14, subplot_titles=(
+    chart = make_subplots(rows=2, cols=1, row_heights=[0.5, 0.5], vertical_spacing=0.14, subplot_titles=(
         "score change: repetition N vs its best-matching duplication", "score change by duplicated block"))
     reps = report["repetitions"]
     counts = [r["count"] for r in reps]
 
     def errors(rows: list[dict]) -> dict:
-        return {"type": "data", "symmetric": False, "array": [r["change_ci"][1] - r["change"] for r in rows],
-                "arrayminus": [r["change"] - r["change_ci"][0] for r in rows]}
+        return interval_bars([r["change"] for r in rows], [r["change_ci"] for r in rows])
 
     verdicts = [r["verdict"].replace("_", " ") for r in reps]
-    figure.add_scatter(x=counts, y=[r["change"] for r in reps], error_y=errors(reps), mode="lines+markers+text",
-                       name="prompt repeated N times", text=verdicts, textposition="top right",
-                       hovertemplate="N = %{x}<br>change %{y:.4f}<br>%{text}<extra></extra>", row=1, col=1)
+    chart.add_scatter(x=counts, y=[r["change"] for r in reps], error_y=errors(reps), mode="lines+markers+text",
+                      name="prompt repeated N times", text=verdicts, textposition="top right",
+                      hovertemplate="N = %{x}<br>change %{y:.4f}<br>%{text}<extra></extra>", row=1, col=1)
     best = [r["best_matches"][0] for r in reps]
-    figure.add_scatter(x=counts, y=[b["change"] for b in best], error_y=errors(best), mode="markers",
-                       name="best-matching duplication", marker={"symbol": "diamond", "size": 10},
-                       customdata=[f"layers {b['first']}..{b['stop'] - 1} twice (K={b['size']})" for b in best],
-                       hovertemplate="N = %{x}<br>%{customdata}<br>change %{y:.4f}<extra></extra>", row=1, col=1)
+    chart.add_scatter(x=counts, y=[b["change"] for b in best], error_y=errors(best), mode="markers",
+                      name="best-matching duplication", marker={"symbol": "diamond", "size": 10},
+                      customdata=[f"layers {b['first']}..{b['stop'] - 1} twice (K={b['size']})" for b in best],
+                      hovertemplate="N = %{x}<br>%{customdata}<br>change %{y:.4f}<extra></extra>", row=1, col=1)
     sizes = report["block_sizes"]
     layers = report["total_layers"]
     z = [[None] * layers for _ in sizes]
     for dup in report["duplications"]:
         z[sizes.index(dup["size"])][dup["first"]] = dup["change"]
-    figure.add_heatmap(z=z, x=list(range(layers)), y=[f"K={k}" for k in sizes], colorscale="RdBu", zmid=0,
-                       colorbar={"title": "change (nats)", "y": 0.22, "len": 0.45},
-                       hovertemplate="block of %{y} from layer %{x}<br>change %{z:.4f}<extra></extra>", row=2, col=1)
-    figure.update_xaxes(title_text="repeat count N", dtick=1, row=1, col=1)
-    figure.update_yaxes(title_text="score change (nats)", row=1, col=1)
-    figure.update_xaxes(title_text="first layer of the duplicated block", row=2, col=1)
-    figure.update_layout(
+    chart.add_heatmap(z=z, x=list(range(layers)), y=[f"K={k}" for k in sizes], colorscale="RdBu", zmid=0,
+                      colorbar={"title": "change (nats)", "y": 0.22, "len": 0.45},
+                      hovertemplate="block of %{y} from layer %{x}<br>change %{z:.4f}<extra></extra>", row=2, col=1)
+    chart.update_xaxes(title_text="repeat count N", dtick=1, row=1, col=1)
+    chart.update_yaxes(title_text="score change (nats)", row=1, col=1)
+    chart.update_xaxes(title_text="first layer of the duplicated block", row=2, col=1)
+    chart.update_layout(
         title=f"Prompt repetition vs layer duplication — {report['model']} · probe {report['probe']} "
               f"({report['sample_count']} samples)", template="plotly_white", height=850)
-    return figure
+    return chart
+
+
+def summary(report: dict) -> list:
+    """Per repeat count: its change, the closest duplication, their difference and the verdict."""
+    table = Table("N", "change (95% CI)", "closest: layers run twice", "their change", "difference (95% CI)", "verdict")
+    for rep in report["repetitions"]:
+        best = rep["best_matches"][0]
+        layers = str(best["first"]) if best["size"] == 1 else f"{best['first']}..{best['stop'] - 1}"
+        table.add_row(str(rep["count"]), f"{rep['change']:+.3f} ({rep['change_ci'][0]:+.3f}..{rep['change_ci'][1]:+.3f})",
+                      layers, f"{best['change']:+.3f}",
+                      f"{best['difference']:+.3f} ({best['difference_ci'][0]:+.3f}..{best['difference_ci'][1]:+.3f})",
+                      rep["verdict"].replace("_", " "))
+    return [f"[bold]{escape(report['model'])}[/bold] · probe {escape(report['probe'])} ({report['sample_count']} "
+            f"samples) · {len(report['duplications'])} duplicated blocks of sizes {report['block_sizes']}",
+            table]

@@ -1,4 +1,4 @@
-"""circuit.json and circuit.html: layer pairs with their interactions and intervals.
+"""`circuit`: circuit.json and circuit.html, layer pairs with their interactions and intervals.
 
 circuit.json keeps the reference's keys (``strategy``, ``top_k``, ``total_pairs``,
 ``total_evals``, ``time_seconds``, ``synergistic``, ``redundant``, ``all_interactions`` with
@@ -9,9 +9,22 @@ circuit.json keeps the reference's keys (``strategy``, ``top_k``, ``total_pairs`
 from __future__ import annotations
 
 import plotly.graph_objects as go
+from rich.markup import escape
+from rich.table import Table
 
-from neuro_scan.analysis.circuit import CircuitResult, PairInteraction
-from neuro_scan.report.build import RunInfo, header
+from neuro_scan.analysis.circuit import CircuitResult, CircuitRun, PairInteraction
+from neuro_scan.report import ReportFiles
+from neuro_scan.report.document import header
+from neuro_scan.report.read import FORMATS
+from neuro_scan.session import RunInfo
+
+FORMAT = FORMATS["circuit"]
+KINDS = ("synergistic", "redundant", "independent")
+
+
+def files(result: CircuitRun, run: RunInfo) -> ReportFiles:
+    report = document(result, run)
+    return ReportFiles({"circuit.json": report}, "circuit.json", figures={"circuit.html": figure(report)})
 
 
 def _pair(pair: PairInteraction, result: CircuitResult) -> dict:
@@ -33,9 +46,9 @@ def _pair(pair: PairInteraction, result: CircuitResult) -> dict:
     }
 
 
-def circuit_report(run: RunInfo, result: CircuitResult, singles_source: str) -> dict:
-    plan = result.plan
-    report = header(run, "circuit")
+def document(run_result: CircuitRun, run: RunInfo) -> dict:
+    result, plan = run_result.result, run_result.result.plan
+    report = header(run, "circuit", FORMAT)
     report.update({
         "strategy": plan.strategy,
         "top_k": len(plan.candidates),
@@ -46,7 +59,7 @@ def circuit_report(run: RunInfo, result: CircuitResult, singles_source: str) -> 
         "evals_definition": "total_evals = pairs x samples (as the reference counts); each pair resumes from the "
                             "baseline's cached stream at its first layer, several pairs per forward",
         "time_seconds": round(result.seconds, 3),
-        "single_layer_scan": singles_source,
+        "single_layer_scan": run_result.singles_source,
         "score_definition": "damage = baseline - ablated mean answer log-prob (nats), per sample",
         "interaction_definition": "joint_delta - (individual_delta_i + individual_delta_j), per sample, then averaged; "
                                   "95% paired bootstrap-t interval over samples",
@@ -73,7 +86,7 @@ def circuit_report(run: RunInfo, result: CircuitResult, singles_source: str) -> 
     return report
 
 
-def circuit_figure(report: dict) -> go.Figure:
+def figure(report: dict) -> go.Figure:
     """Layer x layer heatmap of the interaction (symmetric; untested pairs blank)."""
     size = report["total_layers"]
     z: list[list[float | None]] = [[None] * size for _ in range(size)]
@@ -92,7 +105,7 @@ def circuit_figure(report: dict) -> go.Figure:
         if pair["interaction_type"] in marks:  # one triangle only: the map is symmetric
             marks[pair["interaction_type"]][0].append(j)
             marks[pair["interaction_type"]][1].append(i)
-    figure = go.Figure(go.Heatmap(
+    chart = go.Figure(go.Heatmap(
         z=z, x=list(range(size)), y=list(range(size)), text=text, colorscale="RdBu_r", zmid=0,
         hovertemplate="layers %{x} and %{y}<br>interaction %{z:.4f} nats<br>%{text}<extra></extra>",
         colorbar={"title": "interaction (nats)"},
@@ -100,13 +113,32 @@ def circuit_figure(report: dict) -> go.Figure:
     for kind, symbol in (("synergistic", "circle"), ("redundant", "x")):
         xs, ys = marks[kind]
         if xs:
-            figure.add_scatter(x=xs, y=ys, mode="markers", name=f"{kind}: FDR-adjusted p <= 0.05",
-                               marker={"symbol": symbol, "size": 5, "color": "black"}, hoverinfo="skip")
-    figure.update_layout(
+            chart.add_scatter(x=xs, y=ys, mode="markers", name=f"{kind}: FDR-adjusted p <= 0.05",
+                              marker={"symbol": symbol, "size": 5, "color": "black"}, hoverinfo="skip")
+    chart.update_layout(
         title=(f"Layer-pair interactions — {report['model']} · probe {report['probe']} ({report['sample_count']} samples)"
                f" · {report['strategy']}: {report['total_pairs']} pairs"),
         xaxis_title="layer", yaxis_title="layer", template="plotly_white",
         legend={"orientation": "h", "yanchor": "top", "y": -0.1, "xanchor": "left", "x": 0},
         xaxis={"scaleanchor": "y", "constrain": "domain"}, yaxis={"autorange": "reversed"},
     )
-    return figure
+    return chart
+
+
+def _ci(values: list[float]) -> str:
+    return f"{values[0]:.4f}..{values[1]:.4f}"
+
+
+def summary(report: dict) -> list:
+    """How many pairs of each kind, and the strongest synergistic and redundant pairs."""
+    counts = {kind: sum(p["interaction_type"] == kind for p in report["all_interactions"]) for kind in KINDS}
+    pairs = Table("pair", "type", "interaction (nats)", "95% CI", "joint damage", "damage alone")
+    for pair in report["synergistic"][:5] + report["redundant"][:5]:
+        pairs.add_row(f"{pair['layer_i']}+{pair['layer_j']}", pair["interaction_type"],
+                      f"{pair['interaction_effect']:+.4f}", _ci(pair["interaction_ci"]), f"{pair['joint_delta']:.4f}",
+                      f"{pair['individual_delta_i']:.4f} + {pair['individual_delta_j']:.4f}")
+    return [f"[bold]{escape(report['model'])}[/bold] · probe {escape(report['probe'])} · {report['strategy']}: "
+            f"{report['total_pairs']} pairs in {report['time_seconds']:.1f} s: {counts['synergistic']} synergistic, "
+            f"{counts['redundant']} redundant, {counts['independent']} independent (false-discovery rate 5%: about "
+            f"{report['expected_false_discoveries']:.1f} of the significant may be chance)",
+            pairs]
