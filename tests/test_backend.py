@@ -139,7 +139,9 @@ def duplicate_block(model, model_type: str, first: int, stop: int):
         parent = getattr(parent, part)
     layers = list(getattr(parent, name))
     order = list(range(stop)) + list(range(first, len(layers)))
-    setattr(parent, name, nn.ModuleList([layers[i] for i in order]))
+    # the second pass gets copies (same weights): a module may appear only once in a model's layer list
+    setattr(parent, name, nn.ModuleList([copy.deepcopy(layers[i]) if n >= stop and i < stop else layers[i]
+                                         for n, i in enumerate(order)]))
     grown.config.num_hidden_layers = len(order)
     if getattr(grown.config, "layer_types", None):
         grown.config.layer_types = [model.config.layer_types[i] for i in order]
