@@ -243,6 +243,9 @@ class RunningMeanLM(PreTrainedModel):
     def get_decoder(self):
         return self.trunk
 
+    def get_input_embeddings(self):
+        return self.trunk.wte
+
     def get_output_embeddings(self):
         return self.unembed
 

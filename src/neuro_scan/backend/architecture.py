@@ -112,7 +112,8 @@ class Architecture:
         """Final modules, unembedding and logit post-processing: residual -> float32 logits."""
         for module in self.final_modules:
             hidden = module(hidden)
-        logits = self.lm_head(hidden).float()[..., : self.vocab_size]
+        weight = self.lm_head.weight
+        logits = self.lm_head(hidden.to(weight.dtype)).float()[..., : self.vocab_size]  # (Mamba keeps a float32 stream)
         if self.logit_scale is not None:
             logits = logits * self.logit_scale
         if self.softcap:
@@ -154,8 +155,9 @@ def discover(model: nn.Module, input_ids: torch.Tensor) -> Architecture:
         tuple_outputs=tuple_outputs,
     )
     with torch.no_grad():
-        got = architecture.logits(trace.streams[-1])
-    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-3, atol=1e-3 * float(expected.abs().max())):
+        got = architecture.logits(trace.streams[-1]).to(expected.device)  # a device map may put the head elsewhere
+    tol = _tolerance(lm_head.weight.dtype)
+    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=tol, atol=tol * float(expected.abs().max())):
         why = ("post-processing of the logits neuro-scan does not know" if trace.head_reached else
                "the unembedding's input is not the last layer's output passed through modules that take it alone")
         raise UsageError(f"--model: the logits of this {model_type} model are not reproduced from its last "
@@ -302,8 +304,8 @@ class _Trace:
         if not (isinstance(stream, torch.Tensor) and stream.dim() == 3 and stream.shape[-1] == hidden_size):
             raise UsageError(f"--model: the decoder layers of this {model_type} model do not return a "
                              f"[batch, tokens, {hidden_size}] residual stream")
-        earlier = slice(0, stream.shape[1] - 1)
-        if not torch.allclose(stream[0, earlier], stream[1, earlier], rtol=1e-3, atol=1e-3 * float(stream.abs().max())):
+        earlier, tol = slice(0, stream.shape[1] - 1), _tolerance(stream.dtype)
+        if not torch.allclose(stream[0, earlier], stream[1, earlier], rtol=tol, atol=tol * float(stream.abs().max())):
             raise UsageError(f"--model: this {model_type} model is not causal (a token's output depends on the "
                              "tokens after it); neuro-scan maps decoder-only causal LMs")
         first = self.layer_calls[0][2]
@@ -327,6 +329,12 @@ class _Trace:
         args, kwargs = head[3]
         self.head_reached = _same(next(iter((*args, *kwargs.values())), None), stream)
         return chain
+
+
+def _tolerance(dtype: torch.dtype) -> float:
+    """How far a recomputation may drift: rounding in the model's dtype (a 16-bit model rounds where
+    our float32 lens does not); a wrong part of the lens is off by far more."""
+    return max(1e-3, 8 * torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-3
 
 
 def _first(output):
