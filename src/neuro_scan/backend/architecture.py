@@ -302,8 +302,9 @@ class _Trace:
                                  "besides the residual stream; skipping a layer would not equal deleting it")
         stream = self.streams[-1]
         if not (isinstance(stream, torch.Tensor) and stream.dim() == 3 and stream.shape[-1] == hidden_size):
+            found = f"[{', '.join(map(str, stream.shape))}]" if isinstance(stream, torch.Tensor) else type(stream).__name__
             raise UsageError(f"--model: the decoder layers of this {model_type} model do not return a "
-                             f"[batch, tokens, {hidden_size}] residual stream")
+                             f"[batch, tokens, {hidden_size}] residual stream (they return {found})")
         earlier, tol = slice(0, stream.shape[1] - 1), _tolerance(stream.dtype)
         if not torch.allclose(stream[0, earlier], stream[1, earlier], rtol=tol, atol=tol * float(stream.abs().max())):
             raise UsageError(f"--model: this {model_type} model is not causal (a token's output depends on the "
