@@ -4,7 +4,7 @@
     python limited_memory.py HEADROOM_MIB MODEL all-layers PROBE     # every layer's attention at once
 
 Importing torch maps a lot of virtual memory, so the limit is relative: this process first
-imports neuro-scan (CLI, pipeline, report pages) and loads MODEL once, then caps its
+imports neuro-scan (CLI, runner, report pages) and loads MODEL once, then caps its
 address space at its size at that moment plus HEADROOM_MIB. What a command allocates beyond
 its imports must fit the headroom. Run with OMP_NUM_THREADS=1 and MALLOC_ARENA_MAX=2 so the
 threads' malloc arenas do not make the size depend on the machine's core count.
@@ -28,7 +28,7 @@ def main() -> None:
     headroom, model, mode, args = int(sys.argv[1]) * 2**20, sys.argv[2], sys.argv[3], sys.argv[4:]
     import plotly.graph_objects  # noqa: F401  (the report pages, imported before the limit like the rest)
 
-    from neuro_scan import cli, pipeline, report  # noqa: F401
+    from neuro_scan import cli, report, runner  # noqa: F401
     from neuro_scan.backend import open_backend
 
     backend = open_backend(model, device="cpu")

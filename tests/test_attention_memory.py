@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import sys
 import weakref
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,14 @@ from neuro_scan.analysis.attention import attention_blocks, attention_bytes, row
 from neuro_scan.backend.loading import demo_model_dir
 from neuro_scan.backend.transformers import TransformersBackend
 from neuro_scan.engine import Engine
-from neuro_scan.pipeline import ScanOptions, run_map
+from neuro_scan import events
+from neuro_scan.commands import MapOptions
+from neuro_scan.runner import run
+
+
+def run_map(options: MapOptions, sink: events.EventSink = events.ignore) -> tuple[dict, list]:
+    outcome = run("map", options, sink)
+    return outcome.document, outcome.written
 from neuro_scan.probes import Probe, Sample
 from tiny_models import tiny_model, tiny_tokenizer
 
@@ -147,13 +153,11 @@ def test_attention_out_of_memory_names_the_phase_and_writes_the_rest(tmp_path, l
 def test_report_is_on_disk_before_the_attention_phase_starts(tmp_path):
     seen = {}
 
-    @contextmanager
-    def progress(description: str, _total: float):
-        if description.startswith("attention"):
+    def sink(event: events.Event) -> None:
+        if isinstance(event, events.PhaseStarted) and event.phase == "attention":
             seen.update(json.loads((tmp_path / "report.json").read_text()))
-        yield lambda _units, _status=None: None
 
-    final, _ = run_map(ScanOptions(model="demo", probe="arith", device="cpu", output=str(tmp_path)), progress)
+    final, _ = run_map(MapOptions(model="demo", probe="arith", device="cpu", output=str(tmp_path)), sink)
     assert seen["phases"]["lens"]["status"] == "done" and seen["phases"]["attention"]["status"] == "pending"
     assert seen["ablation_results"] == final["ablation_results"]
     assert seen["logit_lens"] == final["logit_lens"] and seen["attention_entropy"] == []
@@ -164,7 +168,7 @@ def test_a_failed_lens_phase_leaves_the_other_phases_in_the_report(tmp_path, mon
         raise RuntimeError("lens went wrong\nsecond line")
 
     monkeypatch.setattr(lens_module, "run_lens", fail)
-    report, written = run_map(ScanOptions(model="demo", probe="arith", device="cpu", output=str(tmp_path)))
+    report, written = run_map(MapOptions(model="demo", probe="arith", device="cpu", output=str(tmp_path)))
     assert report["phases"]["lens"] == {"status": "failed", "error": "RuntimeError: lens went wrong second line"}
     assert report["phases"]["attention"] == {"status": "done"} and len(report["attention_entropy"]) == 4
     assert report["layer_labels"] == {str(i): "" for i in range(4)} and report["block_influence"] == []
@@ -173,3 +177,20 @@ def test_a_failed_lens_phase_leaves_the_other_phases_in_the_report(tmp_path, mon
     assert not {"logit_lens.html", "entropy_profile.html"} & {p.name for p in written}
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["phases"]["lens"]["status"] == "failed" and len(saved["ablation_results"]) == 4
+
+
+def test_a_failed_attention_command_writes_its_report_and_exits_1(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from neuro_scan.analysis import attention as attention_module
+    from neuro_scan.cli import app
+
+    def fail(*_args, **_kwargs):
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(attention_module, "run_attention", fail)
+    result = CliRunner().invoke(app, ["attention", "--model", "demo", "--probe", "arith", "--output", str(tmp_path)])
+    assert result.exit_code == 1 and "warning: the attention phase failed" in result.output
+    report = json.loads((tmp_path / "attention.json").read_text())
+    assert report["phases"]["attention"] == {"status": "failed", "error": "MemoryError: no room"}
+    assert report["attention_entropy"] == [] and not (tmp_path / "attention.html").exists()

@@ -110,13 +110,13 @@ def tiny_model_dir(tmp_path_factory):
     return folder
 
 
-def test_logit_lens_command_writes_its_reports_and_honours_top_k(tiny_model_dir, tmp_path):
+def test_logit_lens_command_writes_its_reports_and_honours_top_tokens(tiny_model_dir, tmp_path):
     probe = tmp_path / "probe.json"
     probe.write_text(json.dumps({"name": "tiny", "samples": [{"prompt": s.prompt, "answer": s.answer}
                                                              for s in PROBE.samples]}))
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["logit-lens", "--model", str(tiny_model_dir), "--custom-probe", str(probe),
-                                      "--top-k", "7", "--output", str(out)])
+                                      "--top-tokens", "7", "--output", str(out)])
     assert result.exit_code == 0, result.output
     for name in ("logit_lens.json", "logit_lens.html", "entropy_profile.html", "plotly.min.js"):
         assert (out / name).is_file(), name

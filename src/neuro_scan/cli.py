@@ -1,13 +1,20 @@
-"""The `neuro-scan` command line: parse options, call the library, print a summary."""
+"""The `neuro-scan` command line: registers every command of :mod:`neuro_scan.commands`, runs it
+through the one runner, shows its events (progress, warnings) and prints its summary.
+
+No science and no report keys here: what a command computes is its analysis module's business,
+what it prints is its report module's ``summary``.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import functools
+import inspect
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+import typing
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -16,14 +23,19 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from neuro_scan import __version__
+from neuro_scan import __version__, events
+from neuro_scan.commands import COMMANDS, CommandSpec
 from neuro_scan.errors import UsageError
 from neuro_scan.hub.layout import DEFAULT_REPO
-from neuro_scan.options import (Backend, BatchSize, Corpus, CustomProbe, Device, Dtype, DupSizes, HeldoutTokens,
-                                HubModel, HubProbe, HubRepo, LearningRate, LensFile, LensTopK, ListReports, MaxSamples,
-                                Model, Output, ProbeName, Probes, PublishAs, PullRequest, Rank, RepeatCounts,
-                                ReportOutput, Seed, Steps, Strategy, TokensPerStep, Tolerance, TopK, TopKPairs, TunedLens,
-                                Verbose)
+from neuro_scan.options import (HubModel, HubProbe, HubRepo, ListReports, OpenBrowser, PublishAs, PullRequest,
+                                ReportOutput, ServeHost, ServePort, ServeResults, ServeToken, Verbose)
+
+
+def _version(show: bool) -> None:
+    if show:
+        out.print(f"neuro-scan {__version__}")
+        raise typer.Exit(0)
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Map what each transformer layer of a causal LLM does.")
@@ -31,32 +43,36 @@ console = Console(stderr=True)
 out = Console()
 
 
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", help="Show the installed version and exit.",
+                                                callback=_version, is_eager=True)] = False) -> None:
+    """Map what each transformer layer of a causal LLM does."""
+
+
 def user_errors(command: Callable) -> Callable:
     """Bad input -> one line on stderr and exit code 2, never a traceback. Ctrl-C -> one line
-    saying what was stopped and what the output folder holds, exit code 130. The command's
-    output folder is held (locked) from its validation to the end of its writing."""
+    saying what was stopped and what the output folder holds, exit code 130."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from neuro_scan.report.folder import output_session
+        from neuro_scan.runner import Interrupted
 
         verbose = kwargs.get("verbose", False)
-        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
         # read by transformers when (and if) it is imported: no import cost for fast commands
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
         # same for huggingface_hub: its retry warnings would break the one-line errors
         os.environ.setdefault("HF_HUB_VERBOSITY", "info" if verbose else "error")
-        with output_session(command.__name__.removesuffix("_command").replace("_", "-")) as session:
-            try:
-                result = command(*args, **kwargs)
-            except UsageError as error:
-                fail(str(error))
-            except KeyboardInterrupt:
-                console.print(escape(session.interruption()), highlight=False, soft_wrap=True)
-                raise typer.Exit(130) from None
-            for note in session.notes():
-                out.print(escape(note), highlight=False, soft_wrap=True)
-            return result
+        try:
+            return command(*args, **kwargs)
+        except UsageError as error:
+            fail(str(error))
+        except Interrupted as interrupted:
+            console.print(escape(str(interrupted)), highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
+        except KeyboardInterrupt:
+            console.print(f"interrupted: neuro-scan {command.__name__} stopped", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -66,215 +82,84 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-@contextlib.contextmanager
-def progress_bar(description: str, total: float) -> Iterator[Callable[..., None]]:
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}")]
-    with Progress(*columns, console=console, transient=False, disable=not console.is_terminal and total <= 1) as bar:
-        task = bar.add_task(description, total=total, status="")
+class TerminalEvents:
+    """The terminal's consumer of a run's events: one progress bar per phase (rich, on stderr),
+    warnings and notes as lines. Used as a context manager around the run."""
 
-        def advance(units: float, status: str | None = None) -> None:
-            bar.update(task, advance=units, **({} if status is None else {"status": status}))
+    def __init__(self) -> None:
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}")]
+        self.bars = Progress(*columns, console=console, transient=False, disable=not console.is_terminal)
+        self.tasks: dict[str, int] = {}
 
-        yield advance
+    def __enter__(self) -> TerminalEvents:
+        self.bars.start()
+        return self
 
+    def __exit__(self, *_exc) -> None:
+        self.bars.stop()
 
-def _scan_options(**kwargs):
-    from neuro_scan.pipeline import ScanOptions
-
-    kwargs.pop("verbose", None)
-    return ScanOptions(**kwargs)
-
-
-def _print_summary(report: dict, written) -> None:
-    base = report["baseline"]
-    out.print(f"[bold]{report['model']}[/bold] · probe [bold]{report['probe']}[/bold] · {report['sample_count']} samples · "
-              f"{report['total_layers']} layers · {report['dtype']} on {report['device']}")
-    out.print(f"baseline: answer log-prob {base['score']:.3f} (95% CI {base['score_ci'][0]:.3f}..{base['score_ci'][1]:.3f}), "
-              f"accuracy {base['accuracy']:.3f}")
-    table = Table("layer", "damage (nats)", "95% CI", "accuracy without", "label")
-    labels = report.get("layer_labels", {})
-    rows = {r["layer_idx"]: r for r in report["ablation_results"]}
-    for layer in report["top_important_layers"]:
-        row = rows[layer]
-        table.add_row(str(layer), f"{row['score_delta']:.4f}", f"{row['score_delta_ci'][0]:.4f}..{row['score_delta_ci'][1]:.4f}",
-                      f"{row['accuracy']:.3f}", labels.get(str(layer), ""))
-    out.print(table)
-    if report.get("improving_layers"):
-        out.print(f"layers whose removal improves the score: {report['improving_layers']}")
-    out.print("wrote " + ", ".join(str(p) for p in written))
+    def __call__(self, event: events.Event) -> None:
+        if isinstance(event, events.PhaseStarted):
+            self.tasks[event.phase] = self.bars.add_task(event.description, total=event.total, status="")
+        elif isinstance(event, events.Advanced) and event.phase in self.tasks:
+            self.bars.update(self.tasks[event.phase], advance=event.units,
+                             **({} if event.status is None else {"status": event.status}))
+        elif isinstance(event, events.Notice):
+            colour = "yellow" if event.level == "warning" else "default"
+            prefix = f"[{colour}]warning:[/{colour}] " if event.level == "warning" else ""
+            self.bars.console.print(prefix + escape(event.message), highlight=False, soft_wrap=True)
 
 
-@app.command("map")
-@user_errors
-def map_command(model: Model, probe: ProbeName = "math", custom_probe: CustomProbe = None, backend: Backend = "transformers",
-                batch_size: BatchSize = 64, output: Output = "./results", top_k: TopK = 10, dtype: Dtype = "auto",
-                device: Device = "auto", seed: Seed = 0, max_samples: MaxSamples = None, tuned_lens: TunedLens = None,
-                verbose: Verbose = False) -> None:
-    """Full map: ablation + logit lens + block influence + labels, from one baseline pass."""
-    options = _scan_options(**locals())
-    from neuro_scan.pipeline import run_map
-
-    report, written = run_map(options, progress_bar)
-    _print_summary(report, written)
-    _exit_if_a_phase_failed(report)
+def _written(paths: list) -> str:
+    if len(paths) == 1 and paths[0].is_file():
+        return f"wrote {paths[0]} ({paths[0].stat().st_size / 2**20:.1f} MiB)"
+    return "wrote " + ", ".join(str(path) for path in paths)
 
 
-def _exit_if_a_phase_failed(report: dict) -> None:
-    """A warning line per failed phase, then exit code 1 (its report is written all the same)."""
-    from neuro_scan.report.build import failed_phases
+def run_and_print(spec: CommandSpec, options) -> None:
+    """Run one command, print its summary and what it wrote; exit 1 when a phase failed (its
+    report holds every other phase)."""
+    from neuro_scan.runner import run
 
-    failed = failed_phases(report)
-    for phase, error in failed.items():
+    with TerminalEvents() as terminal:
+        outcome = run(spec, options, terminal)
+    for part in outcome.summary():
+        out.print(part, highlight=False) if isinstance(part, str) else out.print(part)
+    for note in outcome.notes:
+        out.print(escape(note), highlight=False, soft_wrap=True)
+    out.print(_written(outcome.written), highlight=False, soft_wrap=True)
+    for phase, error in outcome.failed_phases.items():
         console.print(f"[yellow]warning:[/yellow] the {phase} phase failed, the report has every other phase: "
                       f"{escape(error)}", highlight=False, soft_wrap=True)
-    if failed:
+    if outcome.failed_phases:
         raise typer.Exit(1)
 
 
-@app.command("ablate")
-@user_errors
-def ablate_command(model: Model, probe: ProbeName = "math", custom_probe: CustomProbe = None, backend: Backend = "transformers",
-                   batch_size: BatchSize = 64, output: Output = "./results", top_k: TopK = 10, dtype: Dtype = "auto",
-                   device: Device = "auto", seed: Seed = 0, max_samples: MaxSamples = None, verbose: Verbose = False) -> None:
-    """Layer ablation scan: skip each layer in turn and measure the damage."""
-    options = _scan_options(**locals())
-    from neuro_scan.pipeline import run_ablate
+def register(spec: CommandSpec) -> None:
+    """A Typer command from a spec: its options dataclass's fields become the flags (their types
+    are the shared option types of neuro_scan.options), plus --verbose."""
+    hints = typing.get_type_hints(spec.options, include_extras=True)
+    hidden = getattr(spec.options, "NOT_OPTIONS", ())
+    fields = [f for f in dataclasses.fields(spec.options) if f.name not in hidden]
+    parameters = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name],
+                                    default=inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default)
+                  for f in fields]
+    parameters.append(inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, annotation=Verbose, default=False))
 
-    report, written = run_ablate(options, progress_bar)
-    _print_summary(report, written)
+    def command(**values) -> None:
+        values.pop("verbose", None)
+        run_and_print(spec, spec.options(**values))
 
-
-@app.command("attention")
-@user_errors
-def attention_command(model: Model, probe: ProbeName = "math", custom_probe: CustomProbe = None,
-                      backend: Backend = "transformers", batch_size: BatchSize = 64, output: Output = "./results",
-                      dtype: Dtype = "auto", device: Device = "auto", seed: Seed = 0, max_samples: MaxSamples = None,
-                      verbose: Verbose = False) -> None:
-    """Attention entropy of every head in every layer (works under any attention implementation)."""
-    options = _scan_options(**locals())
-    from neuro_scan.pipeline import run_attention_command
-
-    report, written = run_attention_command(options, progress_bar)
-    if report["attention"] is not None:
-        means = report["attention"]["layer_mean_bits"]
-        out.print(f"[bold]{report['model']}[/bold] · probe {report['probe']}: mean attention entropy at the answer "
-                  f"position per layer (bits): " + ", ".join(f"{m:.2f}" for m in means))
-    out.print("wrote " + ", ".join(str(p) for p in written))
-    _exit_if_a_phase_failed(report)
+    command.__name__ = spec.name
+    command.__doc__ = spec.help
+    command.__signature__ = inspect.Signature(parameters)
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    app.command(spec.name)(user_errors(command))
 
 
-def _ci(values: list[float]) -> str:
-    return f"{values[0]:.4f}..{values[1]:.4f}"
-
-
-@app.command("circuit")
-@user_errors
-def circuit_command(model: Model, probe: ProbeName = "math", custom_probe: CustomProbe = None,
-                    backend: Backend = "transformers", batch_size: BatchSize = 64, output: Output = "./results",
-                    top_k: TopK = 10, dtype: Dtype = "auto", device: Device = "auto", seed: Seed = 0,
-                    max_samples: MaxSamples = None, strategy: Strategy = "fast", top_k_pairs: TopKPairs = 10,
-                    verbose: Verbose = False) -> None:
-    """Layer pairs that work together: joint ablation, interaction with a 95% interval per pair."""
-    settings = dict(locals())
-    from neuro_scan.pipeline import CircuitOptions, run_circuit_command
-
-    circuit = CircuitOptions(strategy=settings.pop("strategy"), top_k_pairs=settings.pop("top_k_pairs"))
-    report, written = run_circuit_command(_scan_options(**settings), circuit, progress_bar,
-                                          notify=lambda message: out.print(message, highlight=False))
-    counts = {kind: sum(p["interaction_type"] == kind for p in report["all_interactions"])
-              for kind in ("synergistic", "redundant", "independent")}
-    out.print(f"[bold]{report['model']}[/bold] · probe {report['probe']} · {report['strategy']}: {report['total_pairs']} pairs "
-              f"in {report['time_seconds']:.1f} s: {counts['synergistic']} synergistic, {counts['redundant']} redundant, "
-              f"{counts['independent']} independent (false-discovery rate 5%: about "
-              f"{report['expected_false_discoveries']:.1f} of the significant may be chance)")
-    table = Table("pair", "type", "interaction (nats)", "95% CI", "joint damage", "damage alone")
-    for pair in report["synergistic"][:5] + report["redundant"][:5]:
-        table.add_row(f"{pair['layer_i']}+{pair['layer_j']}", pair["interaction_type"], f"{pair['interaction_effect']:+.4f}",
-                      _ci(pair["interaction_ci"]), f"{pair['joint_delta']:.4f}",
-                      f"{pair['individual_delta_i']:.4f} + {pair['individual_delta_j']:.4f}")
-    out.print(table)
-    out.print("wrote " + ", ".join(str(p) for p in written))
-
-
-@app.command("cross-probe")
-@user_errors
-def cross_probe_command(model: Model, probes: Probes = "math,eq,json", backend: Backend = "transformers",
-                        batch_size: BatchSize = 64, output: Output = "./results", top_k: TopK = 10, dtype: Dtype = "auto",
-                        device: Device = "auto", seed: Seed = 0, max_samples: MaxSamples = None,
-                        verbose: Verbose = False) -> None:
-    """Single-layer ablation under several probes: universal and probe-specific layers, profile correlations."""
-    settings = dict(locals())
-    from neuro_scan.pipeline import run_cross_probe_command
-
-    probe_list = settings.pop("probes")
-    report, written = run_cross_probe_command(_scan_options(**settings), probe_list, progress_bar)
-    table = Table("probe", "samples", "baseline (nats)", "significant layers", "only here")
-    for entry in report["per_probe"]:
-        table.add_row(entry["probe"], str(entry["sample_count"]), f"{entry['baseline']:.3f}",
-                      str(entry["significant_layers"]), str(report["probe_specific_layers"][entry["probe"]]))
-    out.print(table)
-    out.print(f"universal layers (significant damage in every probe): {report['universal_layers'] or 'none'}")
-    names = report["probes"]
-    for i, j in ((i, j) for i in range(len(names)) for j in range(i + 1, len(names))):
-        pearson, spearman = report["correlation_matrix"][i][j], report["spearman_matrix"][i][j]
-        out.print(f"{names[i]} vs {names[j]}: Pearson {_number(pearson)}, Spearman {_number(spearman)}")
-    out.print("wrote " + ", ".join(str(p) for p in written))
-
-
-def _number(value: float | None) -> str:
-    return "n/a (flat profile)" if value is None else f"{value:.3f}"
-
-
-@app.command("compare")
-@user_errors
-def compare_command(reports: Annotated[list[str], typer.Argument(help="Two or more report.json files (ours or the reference's).",
-                                                                  show_default=False)],
-                    output: Output = "./results", tolerance: Tolerance = None, verbose: Verbose = False) -> None:
-    """Compare layer profiles of models (of any depth) from their report files: no model is loaded."""
-    from neuro_scan.pipeline import run_compare_command
-
-    report, written = run_compare_command(reports, output, tolerance)
-    table = Table("model", "layers", "probe", "mean damage", "most damaging layer (depth)", "reasoning layers")
-    for model in report["models"]:
-        table.add_row(model["name"], str(model["total_layers"]), model["probe"], f"{model['mean_sensitivity']:.4f}",
-                      f"{model['most_damaging_layer']} ({model['most_damaging_relative_depth']:.2f})",
-                      str(model["reasoning_layers"]))
-    out.print(table)
-    names = report["names"]
-    for i, j in ((i, j) for i in range(len(names)) for j in range(i + 1, len(names))):
-        out.print(f"{names[i]} vs {names[j]}: Pearson {_number(report['similarity_matrix'][i][j])}, "
-                  f"Spearman {_number(report['spearman_matrix'][i][j])}")
-    shared = [f"{s['relative_depth']:.2f}" for s in report["shared_reasoning_layers"]]
-    out.print(f"shared reasoning depths (±{report['relative_depth_tolerance']}): {', '.join(shared) or 'none'}")
-    out.print("wrote " + ", ".join(str(p) for p in written))
-
-
-@app.command("prompt-repeat")
-@user_errors
-def prompt_repeat_command(model: Model, probe: ProbeName = "math", custom_probe: CustomProbe = None,
-                          backend: Backend = "transformers", batch_size: BatchSize = 64, output: Output = "./results",
-                          dtype: Dtype = "auto", device: Device = "auto", seed: Seed = 0, max_samples: MaxSamples = None,
-                          repeat_counts: RepeatCounts = "1,2,3,4", dup_sizes: DupSizes = None,
-                          verbose: Verbose = False) -> None:
-    """Does repeating the prompt N times act like running a block of layers twice? Both are measured."""
-    settings = dict(locals())
-    from neuro_scan.pipeline import run_prompt_repeat_command
-
-    counts, sizes = settings.pop("repeat_counts"), settings.pop("dup_sizes")
-    report, written = run_prompt_repeat_command(_scan_options(**settings), counts, sizes, progress_bar)
-    table = Table("N", "change (95% CI)", "closest: layers run twice", "their change", "difference (95% CI)", "verdict")
-    for rep in report["repetitions"]:
-        best = rep["best_matches"][0]
-        layers = str(best["first"]) if best["size"] == 1 else f"{best['first']}..{best['stop'] - 1}"
-        table.add_row(str(rep["count"]), f"{rep['change']:+.3f} ({rep['change_ci'][0]:+.3f}..{rep['change_ci'][1]:+.3f})",
-                      layers, f"{best['change']:+.3f}",
-                      f"{best['difference']:+.3f} ({best['difference_ci'][0]:+.3f}..{best['difference_ci'][1]:+.3f})",
-                      rep["verdict"].replace("_", " "))
-    out.print(f"[bold]{report['model']}[/bold] · probe {report['probe']} ({report['sample_count']} samples) · "
-              f"{len(report['duplications'])} duplicated blocks of sizes {report['block_sizes']}")
-    out.print(table)
-    out.print("wrote " + ", ".join(str(p) for p in written))
+for _spec in COMMANDS.values():
+    register(_spec)
 
 
 @app.command("probes")
@@ -345,51 +230,15 @@ def publish_command(report: Annotated[str, typer.Argument(help="The report.json 
               highlight=False)
 
 
-@app.command("logit-lens")
+@app.command("serve")
 @user_errors
-def logit_lens_command(model: Model, probe: ProbeName = "math", custom_probe: CustomProbe = None,
-                       backend: Backend = "transformers", batch_size: BatchSize = 64, output: Output = "./results",
-                       top_k: LensTopK = 5, dtype: Dtype = "auto", device: Device = "auto", seed: Seed = 0,
-                       max_samples: MaxSamples = None, tuned_lens: TunedLens = None, verbose: Verbose = False) -> None:
-    """Logit lens (or --tuned-lens): every layer read at the answers; emergence and entropy profile."""
-    options = _scan_options(**locals())
-    from neuro_scan.pipeline import run_logit_lens
+def serve_command(results: ServeResults = "./results", host: ServeHost = "127.0.0.1", port: ServePort = 0,
+                  token: ServeToken = None, open_: OpenBrowser = False, verbose: Verbose = False) -> None:
+    """Browse the reports, start scans and watch their results arrive, in a local web page (docs/serve.md)."""
+    from neuro_scan.serve.app import serve
 
-    report, written = run_logit_lens(options, progress_bar)
-    lens = report["logit_lens"]
-    name = "tuned lens " + str(report["tuned_lens_file"]) if lens["lens"] == "tuned" else "logit lens"
-    out.print(f"[bold]{report['model']}[/bold] · probe [bold]{report['probe']}[/bold] · {report['sample_count']} samples "
-              f"· {name}")
-    table = Table("layer", "mean p(answer)", "top-1 fraction", "entropy (bits)", "KL to final (bits)")
-    for layer, values in enumerate(zip(lens["mean_answer_prob"], lens["top1_fraction"], lens["mean_entropy_bits"],
-                                       lens["mean_kl_to_final_bits"])):
-        table.add_row(str(layer), *(f"{v:.3f}" for v in values))
-    out.print(table)
-    out.print(f"emergence (answer stays top-1 for half the samples): layer {lens['emergence_layer']}; "
-              f"p(answer) >= {lens['prob_emergence_threshold']}: layer {lens['prob_emergence_layer']}")
-    out.print("wrote " + ", ".join(str(p) for p in written))
-
-
-@app.command("calibrate")
-@user_errors
-def calibrate_command(model: Model, corpus: Corpus = None, output: LensFile = "tuned_lens.safetensors",
-                      steps: Steps = 64, tokens_per_step: TokensPerStep = 1024, lr: LearningRate = 1.0,
-                      rank: Rank = None, heldout_tokens: HeldoutTokens = 2048, backend: Backend = "transformers",
-                      dtype: Dtype = "auto", device: Device = "auto", seed: Seed = 0, verbose: Verbose = False) -> None:
-    """Train a tuned lens (Belrose et al. 2023) on calibration text and prove its gain on held-out text."""
-    options = {name: value for name, value in locals().items() if name != "verbose"}
-    from neuro_scan.pipeline import CalibrateOptions, run_calibrate
-
-    calibration, written = run_calibrate(CalibrateOptions(**options), progress_bar)
-    record = calibration.record
-    held = record.heldout
-    out.print(f"[bold]{record.model_id}[/bold] · {record.settings['steps']} steps x {record.settings['tokens_per_step']} "
-              f"tokens in {record.training['seconds']:.0f} s · held-out: {held.tokens} tokens of {record.corpus['name']}")
-    table = Table("layer", "logit lens KL (bits)", "tuned lens KL (bits)", "saved (bits)")
-    for layer, (logit, tuned, saved) in enumerate(zip(held.logit_kl_bits, held.tuned_kl_bits, held.saved_bits)):
-        table.add_row(str(layer), f"{logit:.3f}", f"{tuned:.3f}", f"{saved:.3f}")
-    out.print(table)
-    out.print(f"wrote {written} ({written.stat().st_size / 2**20:.1f} MiB)")
+    serve(results, host, port, token, open_, announce=lambda url: out.print(f"neuro-scan serve: {url} (Ctrl-C stops "
+                                                                            "it)", highlight=False, soft_wrap=True))
 
 
 @app.command("version")

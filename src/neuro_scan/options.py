@@ -9,7 +9,8 @@ import typer
 from neuro_scan.hub.layout import REPO_ENV
 
 Model = Annotated[str, typer.Option("--model", "-m", help="Model folder, .gguf file, Hugging Face id, or 'demo' (built in).")]
-ProbeName = Annotated[str, typer.Option("--probe", "-p", help="Built-in probe name (see `neuro-scan probes`) or a probe JSON file.")]
+ProbeName = Annotated[Optional[str], typer.Option("--probe", "-p", help="Built-in probe name (see `neuro-scan probes`) or a "
+                                                  "probe JSON file [default: math].", show_default=False)]
 CustomProbe = Annotated[Optional[str], typer.Option("--custom-probe", help="Probe JSON file (our format or the reference's digits format).")]
 Backend = Annotated[str, typer.Option("--backend", "-b", help="transformers (exllamav2: not in this version).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Most token rows per forward pass; ablations are stacked up to it.")]
@@ -42,7 +43,7 @@ PublishAs = Annotated[Optional[str], typer.Option("--model", "-m", help="Hub mod
                                                   "(default: the report's 'model'; needed for a local folder).")]
 PullRequest = Annotated[bool, typer.Option("--pr/--no-pr", help="Open a pull request (default) or commit to main "
                                            "(needs write access).")]
-LensTopK = Annotated[int, typer.Option("--top-k", "-k", help="How many top tokens to record per layer and sample.")]
+TopTokens = Annotated[int, typer.Option("--top-tokens", help="How many top tokens the lens records per layer and sample.")]
 Corpus = Annotated[Optional[str], typer.Option("--corpus", help="Calibration text: a .txt file, or a .jsonl file with a "
                                                "'text' field per line (default: the built-in public-domain corpus).")]
 LensFile = Annotated[str, typer.Option("--output", "-o", help="Tuned-lens file to write (.safetensors).")]
@@ -52,3 +53,12 @@ LearningRate = Annotated[float, typer.Option("--lr", help="Learning rate in the 
                                              "decays linearly to 0.")]
 Rank = Annotated[Optional[int], typer.Option("--rank", help="Low-rank translators A = U V^T of this rank (default: full d x d).")]
 HeldoutTokens = Annotated[int, typer.Option("--heldout-tokens", help="Held-out corpus tokens on which both lenses are compared.")]
+ServeResults = Annotated[str, typer.Option("--results", "-r", help="Folder of the reports to list; jobs started from the "
+                                           "page write into RESULTS/jobs/<job>.")]
+ServeHost = Annotated[str, typer.Option("--host", help="Address to listen on; any but 127.0.0.1 needs the token "
+                                        "(docs/serve.md).")]
+ServePort = Annotated[int, typer.Option("--port", help="Port to listen on (0: a free one).")]
+ServeToken = Annotated[Optional[str], typer.Option("--token", envvar="NEURO_SCAN_TOKEN", show_envvar=True,
+                                                   help="The token every request must carry (default: generated, "
+                                                   "and required only off 127.0.0.1).")]
+OpenBrowser = Annotated[bool, typer.Option("--open", help="Open the page in the default browser.")]

@@ -105,10 +105,18 @@ def load_probe_file(path: str | Path) -> Probe:
     return parse_probe(data, f"probe file {path}", str(path))
 
 
-def resolve_probe(name: str, custom_probe: str | Path | None = None) -> Probe:
-    """A probe from ``--probe NAME`` or ``--custom-probe FILE``; a name ending in .json is a file."""
+DEFAULT_PROBE = "math"
+
+
+def resolve_probe(name: str | None, custom_probe: str | Path | None = None) -> Probe:
+    """A probe from ``--probe NAME`` (default: math) or ``--custom-probe FILE``; a name ending in
+    .json is a file. Both together are a contradiction, not a choice we make for the user."""
     if custom_probe is not None:
+        if name is not None:
+            raise UsageError(f"--probe and --custom-probe: give one of them, not both (got --probe {name} and "
+                             f"--custom-probe {custom_probe})")
         return load_probe_file(custom_probe)
+    name = DEFAULT_PROBE if name is None else name
     if name.endswith(".json") or "/" in name:
         return load_probe_file(name)
     return load_builtin(name)

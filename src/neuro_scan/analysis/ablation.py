@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from neuro_scan.frames import Framed
 from neuro_scan.engine import Engine, Progress
 from neuro_scan.scoring import SampleScores
 from neuro_scan.statistics import Interval, mean_intervals
@@ -61,7 +62,7 @@ class CategoryAccuracy:
 
 
 @dataclass
-class AblationResult:
+class AblationResult(Framed):
     baseline: ProbeScore
     layers: list[LayerAblation]
     important_layers: list[int]  # layers whose removal does significant damage, most damaging first
@@ -89,7 +90,6 @@ class AblationResult:
                 per_layer=[float(v) for v in self.ablated_correct[:, labels == category].mean(axis=1)])
             for category in sorted(set(labels.tolist()))
         }
-
 
 
 def summarize(scores: SampleScores, seed: int) -> ProbeScore:
@@ -142,3 +142,17 @@ def ablation_result(baseline: SampleScores, ablated: list[SampleScores], seed: i
         baseline_correct=baseline.correct,
         ablated_correct=np.stack([a.correct for a in ablated]),
     )
+
+
+def execute(session, options) -> AblationResult:
+    """`ablate` (and the first phase of `map`): every layer skipped in turn."""
+    from neuro_scan.events import ConfigurationScored
+
+    engine = session.engine
+    with session.phase("ablation", f"ablating {engine.num_layers} layers", engine.num_layers,
+                       timing="ablation_seconds") as advance:
+        result = run_ablation(engine, seed=options.seed, progress=advance)
+    for layer in result.layers:
+        session.sink(ConfigurationScored("ablation", layer.layer, f"L{layer.layer}", layer.score, layer.damage.mean,
+                                         layer.accuracy, result.ablated_logprob[layer.layer].tolist()))
+    return result

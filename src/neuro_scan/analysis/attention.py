@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from neuro_scan.frames import Framed
 from neuro_scan.engine import Engine
 from neuro_scan.scoring import split_rows
 
@@ -31,7 +32,7 @@ MEANS = ("answer", "answer_norm", "all", "all_norm")
 
 
 @dataclass
-class AttentionResult:
+class AttentionResult(Framed):
     answer_bits: np.ndarray  # [L, H] mean over samples, at the first answer position
     answer_normalized: np.ndarray  # [L, H]
     all_positions_bits: np.ndarray  # [L, H] mean over every real query position of every row
@@ -118,3 +119,26 @@ def _layer_sums(weights: torch.Tensor, real: torch.Tensor, at: tuple[torch.Tenso
         "all": ((bits * queries).sum(dim=(0, 2)), queries.sum(dim=(0, 2))),
         "all_norm": (torch.where(valid, normalized, 0).sum(dim=(0, 2)), valid.sum(dim=(0, 2))),
     }
+
+
+@dataclass
+class AttentionRun(Framed):
+    """The `attention` command's result: the entropies, or None when the phase failed (``phases`` says why)."""
+
+    attention: AttentionResult | None
+    phases: dict
+
+
+def scan(session) -> AttentionResult:
+    """The attention phase of a command, with its progress."""
+    blocks = attention_blocks(session.engine)
+    with session.phase("attention", "attention entropy", len(blocks), timing="attention_seconds") as advance:
+        return run_attention(session.engine, advance)
+
+
+def execute(session, options) -> AttentionRun:
+    from neuro_scan.session import Phase
+
+    phases = {"baseline": Phase("done"), "attention": Phase()}
+    session.engine  # the baseline: a failure there is not an attention failure  # noqa: B018
+    return AttentionRun(session.guarded("attention", phases, lambda: scan(session)), phases)

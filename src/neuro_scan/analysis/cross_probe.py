@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from neuro_scan.frames import Framed
 from neuro_scan.analysis.ablation import AblationResult, run_ablation
 from neuro_scan.analysis.compare import correlation_matrix, pearson, spearman
 from neuro_scan.backend.base import Backend
@@ -37,7 +38,7 @@ class ProbeAblation:
 
 
 @dataclass
-class CrossProbeResult:
+class CrossProbeResult(Framed):
     per_probe: list[ProbeAblation]
     universal_layers: list[int]
     specific_layers: dict[str, list[int]]  # probe name -> layers significant in that probe only
@@ -80,3 +81,15 @@ def summarize(per_probe: list[ProbeAblation], seconds: float) -> CrossProbeResul
         spearman=correlation_matrix(profiles, spearman),
         seconds=seconds,
     )
+
+
+def execute(session, options) -> CrossProbeResult:
+    """Every probe is checked against the model (positions, known characters) before the first one runs."""
+    from neuro_scan.scoring import build_plan
+
+    for probe in session.probes:
+        build_plan(probe, session.backend)
+    layers = session.backend.num_layers
+    with session.phase("cross-probe", f"ablating {layers} layers under {len(session.probes)} probes",
+                       layers * len(session.probes), timing="cross_probe_seconds") as advance:
+        return run_cross_probe(session.backend, session.probes, options.batch_size, options.seed, advance)

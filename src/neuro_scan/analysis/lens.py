@@ -18,13 +18,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from neuro_scan.frames import Framed
 from neuro_scan.engine import Engine
 from neuro_scan.scoring import ScoringPlan
 from neuro_scan.statistics import Interval, mean_intervals
+
+if TYPE_CHECKING:
+    from neuro_scan.analysis.tuned_lens import LensRecord
 
 LOG2E = 1.0 / math.log(2.0)
 DEFAULT_EMERGENCE_PROB = 0.5
@@ -65,9 +70,8 @@ class LensLayer:
         return float(np.mean(self.kl_to_final_bits))
 
 
-
 @dataclass
-class LensResult:
+class LensResult(Framed):
     lens: str  # "logit" or "tuned"
     layers: list[LensLayer]  # one per layer output, 0..L-1
     answer_tokens: list[str]  # [S] the answer's first token
@@ -159,3 +163,20 @@ def _stays(flags: np.ndarray) -> np.ndarray:
 
 def _first(row: np.ndarray) -> int | None:
     return int(np.argmax(row)) if row.any() else None
+
+
+@dataclass
+class LensRun(Framed):
+    """The `logit-lens` command's result: the lens read, and the tuned lens used (None: the logit lens)."""
+
+    lens: LensResult
+    tuned: LensRecord | None = None
+    lens_file: str | None = None
+
+
+def execute(session, options) -> LensRun:
+    translator, record = session.tuned_lens()
+    engine = session.engine
+    with session.phase("lens", "reading every layer through the lens", 1, timing="lens_seconds"):
+        lens = run_lens(engine, top_k=options.top_tokens, translator=translator, seed=options.seed)
+    return LensRun(lens, record, options.tuned_lens)

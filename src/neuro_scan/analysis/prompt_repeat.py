@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from neuro_scan.frames import Framed
 from neuro_scan.engine import Engine, Progress
 from neuro_scan.probes import Probe
 from neuro_scan.scoring import SampleScores
@@ -105,7 +106,7 @@ class Repetition:
 
 
 @dataclass
-class PromptRepeatResult:
+class PromptRepeatResult(Framed):
     baseline: Condition
     repetitions: list[Repetition]
     duplications: list[Duplication]
@@ -143,3 +144,25 @@ def run_prompt_repeat(engine: Engine, counts: Sequence[int], block_sizes: Sequen
         repetitions.append(Repetition(count, condition, matches[:BEST_MATCHES], [m for m in matches if m.indistinguishable]))
     return PromptRepeatResult(conditions([baseline])[0], repetitions, duplications, list(block_sizes), SEPARATOR,
                               time.perf_counter() - started)
+
+
+def execute(session, options) -> PromptRepeatResult:
+    """The blocks must fit the model's layers and every repeated prompt its positions: checked on
+    the loaded model before any forward."""
+    from neuro_scan.errors import UsageError
+    from neuro_scan.scoring import build_plan
+
+    counts, sizes = options.counts(), options.sizes()
+    backend, probe = session.backend, session.probe
+    if sizes is not None and max(sizes) > backend.num_layers:
+        raise UsageError(f"--dup-sizes: a block of {max(sizes)} layers does not fit in this model's "
+                         f"{backend.num_layers} layers")
+    for count in sorted({1, *counts}):
+        build_plan(repeated_probe(probe, count), backend,
+                   f" with its prompt repeated {count} times (--repeat-counts)" if count > 1 else "")
+    engine = session.engine
+    sizes = default_block_sizes(engine.num_layers) if sizes is None else sizes
+    units = len(counts) + len(duplication_blocks(engine.num_layers, sizes))
+    with session.phase("prompt-repeat", f"{len(counts)} repeat counts, {units - len(counts)} duplicated blocks", units,
+                       timing="prompt_repeat_seconds") as advance:
+        return run_prompt_repeat(engine, counts, sizes, options.seed, advance)

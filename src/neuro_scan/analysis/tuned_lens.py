@@ -399,3 +399,38 @@ def load_lens(path: str | Path, backend: Backend) -> tuple[TunedLens, LensRecord
         first = (str(exc).strip().splitlines() or ["?"])[-1].strip()
         raise UsageError(f"--tuned-lens: {path}: its tensors do not match its metadata ({first})") from None
     return lens.to(torch.device(backend.info.device)).requires_grad_(False), record
+
+
+def validate(options) -> Path:
+    """The `calibrate` command's checks, none needing the model -> the lens file to write."""
+    from neuro_scan.backend.loading import resolve_source
+    from neuro_scan.corpus import resolve_corpus
+    from neuro_scan.report import prepare_output_dir
+    from neuro_scan.session import check_model_options
+
+    options.check()
+    check_model_options(options.backend, options.dtype, options.device, options.seed, gradients=True)
+    output = Path(options.output)
+    if output.suffix != ".safetensors" or output.is_dir():
+        raise UsageError(f"--output: give the path of a .safetensors file for the lens, not '{options.output}'")
+    prepare_output_dir(output.parent, lock=False)  # lens files of many models share a folder: no lock
+    resolve_corpus(options.corpus)
+    resolve_source(options.model)
+    return output
+
+
+def execute(options, _destination: Path, sink) -> Calibration:
+    """`calibrate`: train a tuned lens on the corpus and compare it with the logit lens on held-out text."""
+    from neuro_scan.corpus import resolve_corpus
+    from neuro_scan.events import phase
+    from neuro_scan.session import load_backend
+
+    corpus = resolve_corpus(options.corpus)
+    backend, _timings = load_backend(options.model, options.backend, options.dtype, options.device, options.seed, sink)
+    settings = fitted_settings(backend, TrainSettings(steps=options.steps, tokens_per_step=options.tokens_per_step,
+                                                      lr=options.lr, rank=options.rank,
+                                                      heldout_tokens=options.heldout_tokens, seed=options.seed))
+    total = settings.steps + settings.heldout_tokens / settings.tokens_per_step
+    with phase(sink, "calibrate", f"calibrating: {settings.steps} steps x {settings.tokens_per_step} tokens",
+               total) as advance:
+        return calibrate(backend, corpus, settings, advance)

@@ -1,0 +1,79 @@
+"""The one runner of every command: validate -> open the model once -> run the analysis -> result
+dataclass -> documents and figures -> written as a unit -> an outcome for the caller to show.
+
+The CLI, the Python API and the web app all call :func:`run`. Progress, results as they arrive and
+warnings go to the caller's event sink (:mod:`neuro_scan.events`); the runner itself prints nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from neuro_scan import events
+from neuro_scan.commands import CommandSpec, command
+from neuro_scan.errors import UsageError
+
+
+class Interrupted(Exception):
+    """The run was stopped (Ctrl-C); the message says what the output folder holds."""
+
+
+@dataclass
+class Outcome:
+    command: str
+    result: object  # the analysis's result dataclass
+    document: object  # the main JSON document written (a dict), or what the command wrote instead
+    written: list[Path]
+    failed_phases: dict[str, str] = field(default_factory=dict)  # phase -> error, for a run that went on
+    notes: list[str] = field(default_factory=list)  # what the user should know besides the files
+
+    def summary(self) -> list:
+        """The command's terminal summary: rich renderables and strings."""
+        return _module(command(self.command).report).summary(self.document)
+
+
+def _module(path: str):
+    return importlib.import_module(path)
+
+
+def run(name: str | CommandSpec, options, sink: events.EventSink = events.ignore) -> Outcome:
+    """Run one command with its options dataclass (see :mod:`neuro_scan.commands`)."""
+    from neuro_scan.report.folder import output_session
+
+    spec = command(name) if isinstance(name, str) else name
+    if not isinstance(options, spec.options):
+        raise UsageError(f"{spec.name}: options must be {spec.options.__name__}, not {type(options).__name__}")
+    with output_session(spec.name) as held:
+        try:
+            outcome = _run(spec, options, sink)
+        except KeyboardInterrupt:
+            raise Interrupted(held.interruption()) from None
+        outcome.notes += held.notes()
+    sink(events.Finished(spec.name, [str(path) for path in outcome.written]))
+    return outcome
+
+
+def _run(spec: CommandSpec, options, sink: events.EventSink) -> Outcome:
+    from neuro_scan import report
+
+    analysis, writer = _module(spec.analysis), _module(spec.report)
+    if not spec.loads_model:
+        destination = analysis.validate(options)
+        result = analysis.execute(options)
+        files = writer.files(result)
+        return Outcome(spec.name, result, files.documents[files.main], report.write(destination, files))
+    if hasattr(writer, "write"):  # a command that writes one file of its own kind (calibrate's lens)
+        destination = analysis.validate(options)
+        result = analysis.execute(options, destination, sink)
+        return Outcome(spec.name, result, result, writer.write(result, destination))
+    from neuro_scan.session import open_session, validate
+
+    validated = validate(options)
+    session = open_session(options, validated, sink)
+    session.save_progress = lambda partial: report.write(session.output, writer.files(partial, session.run_info()))
+    result = analysis.execute(session, options)
+    files = writer.files(result, session.run_info())
+    written = report.write(session.output, files)
+    return Outcome(spec.name, result, files.documents[files.main], written, dict(files.failed_phases))
