@@ -1,0 +1,304 @@
+"""Jobs: each scan started from the page, in its own folder under ``RESULTS/jobs/``.
+
+A job's folder holds the command's files exactly as the CLI writes them (it is the run's output
+folder) and three of the server's: ``job.json`` (the command, its options and the job's state),
+``events.jsonl`` (what the run reported, line by line: :mod:`.worker`) and ``worker.log`` (the
+worker's output); an uploaded probe file is kept in ``upload/``.
+
+States: queued -> running -> finished | failed | interrupted; a queued job cancelled is
+cancelled. Jobs that run a model run one at a time, the rest wait in the order they came
+(``compare`` runs at once: it loads no model). Each runs in a child process (:mod:`.worker`):
+cancelling sends it SIGINT, so the runner leaves the folder as the CLI's Ctrl-C does.
+
+Everything is on disk, so a reloaded page and a restarted server see the same jobs: on start, a
+job recorded as running is running still if its worker is alive (the server follows it again),
+else it ended: as its events say, or interrupted when they do not say (the worker was killed
+with the server), its folder completed or rolled back by the folder's own recovery.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from neuro_scan.api import options as command_options
+from neuro_scan.errors import UsageError
+from neuro_scan.report.files import json_bytes, write_bytes
+from neuro_scan.serve import forms
+from neuro_scan.serve.settings import Refused, confine
+from neuro_scan.serve.worker import EVENTS_FILE, JOB_FILE
+
+JOBS_FOLDER = "jobs"
+ENDED = ("finished", "failed", "interrupted", "cancelled")
+TICK_SECONDS = 0.1  # how often the scheduler looks at its workers
+ENDED_PREFIX = '{"event": "Ended"'
+
+
+@dataclass
+class Job:
+    id: str
+    command: str
+    options: dict  # the options dataclass's values, as the worker passes them to the runner
+    title: str
+    created_at: str  # to the microsecond: the queue's order
+    state: str = "queued"
+    pid: int | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    message: str | None = None  # why it failed, or what an interrupted one left
+    dashboard: str | None = None  # its page, relative to the results folder, once finished
+
+    @property
+    def loads_model(self) -> bool:
+        return self.command != "compare"
+
+
+def _now(timespec: str = "seconds") -> str:
+    return dt.datetime.now().isoformat(timespec=timespec)
+
+
+class Jobs:
+    """The jobs under ``results/jobs`` and the scheduler that runs them (a thread)."""
+
+    def __init__(self, results: Path):
+        self.results = results
+        self.root = results / JOBS_FOLDER
+        self.jobs: dict[str, Job] = {}
+        self.children: dict[str, subprocess.Popen] = {}
+        self.adopted: set[str] = set()  # running jobs of an earlier server whose worker is alive
+        self.lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- life of the server ---------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Read every job on disk, settle the ones whose worker is gone, start the scheduler."""
+        for path in sorted(self.root.glob(f"*/{JOB_FILE}")):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                job = Job(**{f.name: data[f.name] for f in fields(Job) if f.name in data})
+            except (OSError, ValueError, TypeError):
+                continue  # not a job folder of ours
+            self.jobs[job.id] = job
+            if job.state == "running":
+                if _ended_event(self.folder(job)) is None and _is_worker(job.pid, self.folder(job)):
+                    self.adopted.add(job.id)
+                else:
+                    self._finish(job, "the server stopped while it ran")
+        self._thread = threading.Thread(target=self._schedule, name="neuro-scan jobs", daemon=True)
+        self._thread.start()
+
+    def close(self, wait_seconds: float = 60) -> None:
+        """Stop the scheduler and interrupt the running jobs (as Ctrl-C would), waiting for them to end."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self.lock:
+            for job_id in [*self.children, *self.adopted]:
+                _interrupt(self.jobs[job_id].pid)
+            for job_id, child in list(self.children.items()):
+                try:
+                    child.wait(wait_seconds)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+                self._finish(self.jobs[job_id], _exit_reason(child.returncode))
+            self.children.clear()
+
+    # -- what the page asks ---------------------------------------------------------------------
+
+    def folder(self, job: Job) -> Path:
+        return self.root / job.id
+
+    def list(self) -> list[Job]:
+        with self.lock:
+            return sorted(self.jobs.values(), key=lambda job: job.created_at, reverse=True)
+
+    def get(self, job_id: str) -> Job:
+        with self.lock:
+            if job_id not in self.jobs:
+                raise Refused(404, f"no job '{job_id}'")
+            return self.jobs[job_id]
+
+    def submit(self, name: str, values: dict, probe: tuple[str, bytes] | None = None) -> Job:
+        """A new queued job, after every check the CLI makes before loading a model; on bad input
+        a UsageError with the CLI's line, and nothing written."""
+        spec = forms.startable(name)
+        values = forms.coerce(spec, values)
+        if spec.name == "compare":
+            values["reports"] = [str(confine(self.results, report)) for report in values.get("reports", [])]
+        job_id = f"{dt.datetime.now():%Y%m%d-%H%M%S}-{spec.name}-{secrets.token_hex(3)}"
+        folder = self.root / job_id
+        with tempfile.TemporaryDirectory(prefix="neuro-scan-job-") as staging:
+            if probe is not None:
+                if not (spec in forms.scans() and forms.form(spec)["probe_file"]):
+                    raise UsageError(f"{spec.name}: takes no probe file")
+                probe_file = forms.probe_name(probe[0])
+                forms.check_probe(probe_file, probe[1])
+                (Path(staging) / probe_file).write_bytes(probe[1])
+                values["custom_probe"] = str(Path(staging) / probe_file)
+            try:
+                chosen = command_options(spec.name, **values, output=str(folder))
+            except TypeError as error:  # an option the command does not have
+                raise UsageError(str(error)) from None
+            try:
+                forms.check(spec, chosen)
+            except UsageError as error:  # named as the user named it, not by our staging copy
+                raise UsageError(str(error).replace(f"{staging}{os.sep}", "")) from None
+            folder.mkdir(parents=True)
+            if probe is not None:
+                (folder / "upload").mkdir()
+                shutil.copyfile(values["custom_probe"], folder / "upload" / probe_file)
+                values["custom_probe"] = str(folder / "upload" / probe_file)
+        job = Job(job_id, spec.name, {**values, "output": str(folder)}, _title(spec.name, values, probe),
+                  _now("microseconds"))
+        with self.lock:
+            self.jobs[job.id] = job
+            self._save(job)
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        with self.lock:
+            job = self.get(job_id)
+            if job.state == "queued":
+                _append_event(self.folder(job), {"event": "Ended", "state": "cancelled",
+                                                 "message": "cancelled before it started; nothing was written"})
+                self._finish(job, None)
+            elif job.state == "running":
+                _interrupt(job.pid)
+            else:
+                raise Refused(409, f"job {job_id} has already ended ({job.state})")
+            return job
+
+    # -- the scheduler --------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        while not self._stop.wait(TICK_SECONDS):
+            with self.lock:
+                self._tick()
+
+    def _tick(self) -> None:
+        for job_id, child in list(self.children.items()):
+            if child.poll() is not None:
+                del self.children[job_id]
+                self._finish(self.jobs[job_id], _exit_reason(child.returncode))
+        for job_id in list(self.adopted):
+            if not _is_worker(self.jobs[job_id].pid, self.folder(self.jobs[job_id])):
+                self.adopted.discard(job_id)
+                self._finish(self.jobs[job_id], "its worker stopped while the server was away")
+        busy = any(self.jobs[job_id].loads_model for job_id in [*self.children, *self.adopted])
+        for job in sorted((job for job in self.jobs.values() if job.state == "queued"), key=lambda job: job.created_at):
+            if not job.loads_model or not busy:
+                self._start(job)
+                busy = busy or job.loads_model
+
+    def _start(self, job: Job) -> None:
+        folder = self.folder(job)
+        with open(folder / "worker.log", "ab") as log:
+            child = subprocess.Popen([sys.executable, "-m", "neuro_scan.serve.worker", str(folder)],
+                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        self.children[job.id] = child
+        job.state, job.pid, job.started_at = "running", child.pid, _now()
+        self._save(job)
+
+    def _finish(self, job: Job, why: str | None) -> None:
+        """Record how a job ended: as its events say, or interrupted (``why``) when they do not."""
+        folder = self.folder(job)
+        ended = _ended_event(folder)
+        if ended is None:
+            ended = {"event": "Ended", "state": "interrupted",
+                     "message": f"interrupted: {why}; {_recover(folder)}"}
+            _append_event(folder, ended)
+        job.state, job.message, job.ended_at = ended["state"], ended.get("message"), _now()
+        if ended.get("dashboard"):
+            job.dashboard = f"{JOBS_FOLDER}/{job.id}/{ended['dashboard']}"
+        self._save(job)
+
+    def _save(self, job: Job) -> None:
+        write_bytes(self.folder(job) / JOB_FILE, json_bytes(asdict(job)))
+
+
+def _title(command: str, values: dict, probe: tuple[str, bytes] | None) -> str:
+    if command == "compare":
+        return f"compare · {len(values.get('reports', []))} reports"
+    what = probe[0] if probe is not None else values.get("probe") or values.get("probes") or "math"
+    return f"{command} · {values.get('model')} · {what}"
+
+
+def _append_event(folder: Path, record: dict) -> None:
+    """An event of the server's own, appended when no worker writes there (queued, or gone)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / EVENTS_FILE, "a", encoding="utf-8") as events:
+        events.write(json.dumps({**record, "time": dt.datetime.now().timestamp()}) + "\n")
+
+
+def _ended_event(folder: Path) -> dict | None:
+    """The worker's last line, when it says how the job ended."""
+    try:
+        with open(folder / EVENTS_FILE, "rb") as events:
+            events.seek(0, os.SEEK_END)
+            events.seek(max(0, events.tell() - 65536))
+            tail = events.read().decode("utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return None
+    if not tail or not tail[-1].startswith(ENDED_PREFIX):
+        return None
+    try:
+        return json.loads(tail[-1])
+    except ValueError:
+        return None
+
+
+def _recover(folder: Path) -> str:
+    """A worker that died mid-run may have left a half-applied commit: the folder's own recovery
+    completes or rolls it back (as the next CLI run into it would) -> what the folder holds."""
+    from neuro_scan.report.folder import MANIFEST_FILE, prepare_output_dir
+
+    try:
+        prepare_output_dir(folder)
+    except UsageError as error:
+        return f"its folder could not be checked: {error}"
+    return (f"{folder} holds what it had finished" if (folder / MANIFEST_FILE).exists()
+            else f"nothing was written to {folder}")
+
+
+def _is_worker(pid: int | None, folder: Path) -> bool:
+    """Is ``pid`` alive and the worker of the job in ``folder`` (not a later process with its pid)?"""
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        command_line = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return sys.platform != "linux"  # no /proc to tell: alive is all we know
+    return b"neuro_scan.serve.worker" in command_line and str(folder).encode() in command_line
+
+
+def _interrupt(pid: int | None) -> None:
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"its worker was killed by {signal.Signals(-code).name}"
+    return f"its worker exited with code {code} without saying why (see worker.log)"
