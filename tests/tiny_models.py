@@ -32,6 +32,13 @@ def tiny_model(model_type: str, seed: int = 0):
     return model.eval()
 
 
+def make_backend(model_type: str, seed: int = 0):
+    """``tiny_model(model_type, seed)`` with the char tokenizer, behind the transformers backend."""
+    from neuro_scan.backend.transformers import TransformersBackend
+
+    return TransformersBackend(tiny_model(model_type, seed), tiny_tokenizer(), model_type)
+
+
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A character-level tokenizer over printable ASCII, ids < VOCAB."""
     chars = [chr(c) for c in range(32, 32 + VOCAB - 2)]
