@@ -58,6 +58,7 @@ def run(name: str | CommandSpec, options, sink: events.EventSink = events.ignore
 def _run(spec: CommandSpec, options, sink: events.EventSink) -> Outcome:
     from neuro_scan import report
 
+    options.check()  # bad options fail here, before the analysis and report modules import torch
     analysis, writer = _module(spec.analysis), _module(spec.report)
     if not spec.loads_model:
         destination = analysis.validate(options)
