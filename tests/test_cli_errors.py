@@ -30,17 +30,6 @@ HUB_ID = "someorg/some-model"  # a Hub id: loading it offline fails, but only af
 # ---------------------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A saved tiny random llama (4 layers) with the char tokenizer: a valid local model folder."""
-    from tiny_models import tiny_model, tiny_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    tiny_model("llama").save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
-
-
 def _offline_env(tmp_path: Path) -> dict[str, str]:
     hf_home = tmp_path / "hf_home"
     hf_home.mkdir(exist_ok=True)
@@ -70,17 +59,6 @@ def run_inprocess(args: list[str]) -> tuple[int, str, str]:
         tb = "".join(traceback.format_exception(result.exception))
         return result.exit_code, result.stdout, result.stderr + "\nTraceback (escaped exception):\n" + tb
     return result.exit_code, result.stdout, result.stderr
-
-
-@pytest.fixture
-def model_loading_forbidden(monkeypatch):
-    """In-process runs: fail loudly if the CLI ever gets as far as loading a model (and never touch the Hub)."""
-    import neuro_scan.backend.loading as loading
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("MODEL LOAD ATTEMPTED: input should have been rejected before loading the model")
-
-    monkeypatch.setattr(loading, "load_model", forbidden)
 
 
 def assert_nothing_written(out_dir: Path) -> None:
@@ -210,7 +188,7 @@ def _write_probe(tmp_path: Path, case: str) -> Path:
 
 @pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize("case", sorted(BAD_PROBES))
-def test_bad_custom_probe_fails_before_model_load(command, case, tmp_path, model_loading_forbidden):
+def test_bad_custom_probe_fails_before_model_load(command, case, tmp_path, no_model_loading):
     """A bad probe file is reported (file + what is wrong) before the model would be loaded."""
     probe_file = _write_probe(tmp_path, case)
     out = tmp_path / "out"
@@ -246,7 +224,7 @@ def test_bad_probe_file_via_probe_option(case, tmp_path):
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_missing_custom_probe_file(command, tmp_path, model_loading_forbidden):
+def test_missing_custom_probe_file(command, tmp_path, no_model_loading):
     missing = tmp_path / "nope.json"
     out = tmp_path / "out"
     rc, stdout, stderr = run_inprocess([command, "--model", HUB_ID, "--custom-probe", str(missing),
@@ -255,14 +233,14 @@ def test_missing_custom_probe_file(command, tmp_path, model_loading_forbidden):
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_unknown_probe_name(command, tmp_path, model_loading_forbidden):
+def test_unknown_probe_name(command, tmp_path, no_model_loading):
     out = tmp_path / "out"
     rc, stdout, stderr = run_inprocess([command, "--model", HUB_ID, "--probe", "nope", "-o", str(out)])
     assert_usage_error(rc, stdout, stderr, ["--probe", "'nope'", "math", "eq", "json", "--custom-probe"], out,
                        forbidden=["--model"])
 
 
-def test_error_text_with_markup_like_brackets_is_printed_verbatim(tmp_path, model_loading_forbidden):
+def test_error_text_with_markup_like_brackets_is_printed_verbatim(tmp_path, no_model_loading):
     probe_file = write_json(tmp_path / "brackets.json",
                             {"name": "p", "samples": [{"prompt": "Q?", "answer": "[/b]", "choices": [" a"]}]})
     out = tmp_path / "out"
@@ -271,7 +249,7 @@ def test_error_text_with_markup_like_brackets_is_printed_verbatim(tmp_path, mode
     assert_usage_error(rc, stdout, stderr, [str(probe_file), "sample 0", "'[/b]'", "choices"], out)
 
 
-def test_digits_probe_with_non_string_suffix(tmp_path, model_loading_forbidden):
+def test_digits_probe_with_non_string_suffix(tmp_path, no_model_loading):
     probe_file = write_json(tmp_path / "suffix.json",
                             {"name": "d", "scoring": "digits",
                              "samples": [{"prompt": "Rate it.", "scoring_suffix": 5, "correct_answer": 3}]})
@@ -298,18 +276,18 @@ OPTION_ERRORS = {
 
 @pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize("case", sorted(OPTION_ERRORS))
-def test_bad_option_with_a_valid_model(command, case, tiny_model_dir, tmp_path):
+def test_bad_option_with_a_valid_model(command, case, tiny_model_folder, tmp_path):
     """The model and probe are fine: the bad option alone must stop the run, before anything is written."""
     extra, fragments = OPTION_ERRORS[case]
     out = tmp_path / "out"
-    rc, stdout, stderr = run_inprocess([command, "--model", str(tiny_model_dir), "--max-samples", "2",
+    rc, stdout, stderr = run_inprocess([command, "--model", str(tiny_model_folder), "--max-samples", "2",
                                         "-o", str(out), *extra])
     assert_usage_error(rc, stdout, stderr, fragments, out)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize("case", ["top_k_0", "batch_size_negative", "max_samples_0", "backend_foo", "dtype_float8"])
-def test_cheap_option_errors_win_over_model_errors(command, case, tmp_path, model_loading_forbidden):
+def test_cheap_option_errors_win_over_model_errors(command, case, tmp_path, no_model_loading):
     """Options that need no model are checked first: the Hub id is never loaded."""
     extra, fragments = OPTION_ERRORS[case]
     out = tmp_path / "out"
@@ -318,20 +296,20 @@ def test_cheap_option_errors_win_over_model_errors(command, case, tmp_path, mode
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_output_path_is_an_existing_file(command, tiny_model_dir, tmp_path):
+def test_output_path_is_an_existing_file(command, tiny_model_folder, tmp_path):
     target = tmp_path / "results.txt"
     target.write_text("keep me\n", encoding="utf-8")
-    rc, stdout, stderr = run_inprocess([command, "--model", str(tiny_model_dir), "--max-samples", "2",
+    rc, stdout, stderr = run_inprocess([command, "--model", str(tiny_model_folder), "--max-samples", "2",
                                         "-o", str(target)])
     assert_usage_error(rc, stdout, stderr, ["--output", str(target), "is a file", "folder"], None)
     assert target.read_text(encoding="utf-8") == "keep me\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.txt"]
 
 
-def test_map_tuned_lens_missing_file(tiny_model_dir, tmp_path, model_loading_forbidden):
+def test_map_tuned_lens_missing_file(tiny_model_folder, tmp_path, no_model_loading):
     out = tmp_path / "out"
     missing = tmp_path / "lens.safetensors"
-    rc, stdout, stderr = run_inprocess(["map", "--model", str(tiny_model_dir), "--tuned-lens", str(missing),
+    rc, stdout, stderr = run_inprocess(["map", "--model", str(tiny_model_folder), "--tuned-lens", str(missing),
                                         "-o", str(out)])
     assert_usage_error(rc, stdout, stderr, ["--tuned-lens", str(missing), "no such file"], out)
 
@@ -372,10 +350,10 @@ def _check_ablation_outputs(out: Path) -> dict:
 
 
 @pytest.mark.parametrize("probe", [OUR_PROBE, DIGITS_PROBE], ids=["our_format", "digits_format"])
-def test_ablate_with_valid_custom_probe_succeeds(probe, tiny_model_dir, tmp_path):
+def test_ablate_with_valid_custom_probe_succeeds(probe, tiny_model_folder, tmp_path):
     probe_file = write_json(tmp_path / f"{probe['name']}.json", probe)
     out = tmp_path / "out"
-    rc, stdout, stderr = run_subprocess(["ablate", "--model", str(tiny_model_dir), "--custom-probe", str(probe_file),
+    rc, stdout, stderr = run_subprocess(["ablate", "--model", str(tiny_model_folder), "--custom-probe", str(probe_file),
                                          "--max-samples", "2", "-o", str(out)], tmp_path)
     assert rc == 0, f"rc={rc}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
     assert "Traceback" not in stdout + stderr
@@ -385,19 +363,19 @@ def test_ablate_with_valid_custom_probe_succeeds(probe, tiny_model_dir, tmp_path
     assert "wrote" in stdout
 
 
-def test_ablate_with_builtin_probe_succeeds_in_process(tiny_model_dir, tmp_path):
+def test_ablate_with_builtin_probe_succeeds_in_process(tiny_model_folder, tmp_path):
     out = tmp_path / "out"
-    rc, stdout, stderr = run_inprocess(["ablate", "--model", str(tiny_model_dir), "--max-samples", "2",
+    rc, stdout, stderr = run_inprocess(["ablate", "--model", str(tiny_model_folder), "--max-samples", "2",
                                         "--batch-size", "3", "-o", str(out)])
     assert rc == 0, f"rc={rc}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
     report = _check_ablation_outputs(out)
     assert report["probe"] == "math"
 
 
-def test_map_with_valid_probe_succeeds(tiny_model_dir, tmp_path):
+def test_map_with_valid_probe_succeeds(tiny_model_folder, tmp_path):
     probe_file = write_json(tmp_path / "ours.json", OUR_PROBE)
     out = tmp_path / "out"
-    rc, stdout, stderr = run_inprocess(["map", "--model", str(tiny_model_dir), "--custom-probe", str(probe_file),
+    rc, stdout, stderr = run_inprocess(["map", "--model", str(tiny_model_folder), "--custom-probe", str(probe_file),
                                         "--max-samples", "2", "-o", str(out)])
     assert rc == 0, f"rc={rc}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))

@@ -22,8 +22,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_cli_errors import (HUB_ID, assert_nothing_written, assert_usage_error, model_loading_forbidden,  # noqa: F401
-                             run_inprocess, run_subprocess, tiny_model_dir, write_json)
+from test_cli_errors import (HUB_ID, assert_nothing_written, assert_usage_error, run_inprocess, run_subprocess,
+                             write_json)
 
 DEMO_POSITIONS = 64  # the demo model's max_position_embeddings
 
@@ -244,17 +244,17 @@ SEED_COMMANDS = {
 
 @pytest.mark.parametrize("seed", ["-1", str(2**32), str(10**30)])
 @pytest.mark.parametrize("command", sorted(SEED_COMMANDS))
-def test_seed_out_of_range_is_refused_before_loading(command, seed, tmp_path, model_loading_forbidden):  # noqa: F811
+def test_seed_out_of_range_is_refused_before_loading(command, seed, tmp_path, no_model_loading):
     out = tmp_path / "out"
     target = ["-o", str(out / "lens.safetensors")] if command == "calibrate" else ["-o", str(out)]
     rc, stdout, stderr = run_inprocess([command, "--model", HUB_ID, *SEED_COMMANDS[command], f"--seed={seed}", *target])
     assert_usage_error(rc, stdout, stderr, [f"--seed: must be a whole number from 0 to 4294967295, got {seed}"], out)
 
 
-def test_the_largest_seed_runs_a_whole_scan(tiny_model_dir, tmp_path):  # noqa: F811
+def test_the_largest_seed_runs_a_whole_scan(tiny_model_folder, tmp_path):
     """numpy's bootstrap and torch both take the top of the range (the bootstrap runs after the scan)."""
     out = tmp_path / "out"
-    rc, stdout, stderr = run_inprocess(["ablate", "--model", str(tiny_model_dir), "--max-samples", "2",
+    rc, stdout, stderr = run_inprocess(["ablate", "--model", str(tiny_model_folder), "--max-samples", "2",
                                         "--seed", str(2**32 - 1), "-o", str(out)])
     assert rc == 0, stderr
     assert json.loads((out / "ablation.json").read_text())["seed"] == 2**32 - 1
@@ -269,8 +269,8 @@ def copy_model(source: Path, folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("damage", ["truncated", "random_bytes"])
-def test_corrupt_safetensors_is_named(damage, tiny_model_dir, tmp_path):  # noqa: F811
-    folder = copy_model(tiny_model_dir, tmp_path / "model")
+def test_corrupt_safetensors_is_named(damage, tiny_model_folder, tmp_path):
+    folder = copy_model(tiny_model_folder, tmp_path / "model")
     weights = folder / "model.safetensors"
     size = weights.stat().st_size
     weights.write_bytes(weights.read_bytes()[: size // 2] if damage == "truncated" else os.urandom(size))
@@ -319,38 +319,38 @@ def test_an_intact_gguf_is_not_called_corrupt(tmp_path):
                        forbidden=["not a readable"])
 
 
-def test_folder_with_a_config_only(tiny_model_dir, tmp_path, model_loading_forbidden):  # noqa: F811
+def test_folder_with_a_config_only(tiny_model_folder, tmp_path, no_model_loading):
     folder = tmp_path / "config_only"
     folder.mkdir()
-    shutil.copy(tiny_model_dir / "config.json", folder)
+    shutil.copy(tiny_model_folder / "config.json", folder)
     out = tmp_path / "out"
     rc, stdout, stderr = run_inprocess(["map", "--model", str(folder), "-o", str(out)])
     assert_usage_error(rc, stdout, stderr, ["--model", str(folder), "no weights", "model.safetensors",
                                             "pytorch_model.bin"], out)
 
 
-def test_folder_without_a_tokenizer_gives_the_whole_reason(tiny_model_dir, tmp_path):  # noqa: F811
+def test_folder_without_a_tokenizer_gives_the_whole_reason(tiny_model_folder, tmp_path):
     folder = tmp_path / "no_tokenizer"
     folder.mkdir()
     for name in ("config.json", "model.safetensors"):
-        shutil.copy(tiny_model_dir / name, folder)
+        shutil.copy(tiny_model_folder / name, folder)
     out = tmp_path / "out"
     rc, stdout, stderr = run_inprocess(["ablate", "--model", str(folder), "-o", str(out)])
     line = assert_usage_error(rc, stdout, stderr, ["--model", "the tokenizer of", str(folder)], out)
     assert not line.rstrip().endswith("from one of:"), line
 
 
-def test_tuned_lens_folder(tiny_model_dir, tmp_path, model_loading_forbidden):  # noqa: F811
+def test_tuned_lens_folder(tiny_model_folder, tmp_path, no_model_loading):
     folder = tmp_path / "lenses"
     folder.mkdir()
     out = tmp_path / "out"
-    rc, stdout, stderr = run_inprocess(["map", "--model", str(tiny_model_dir), "--tuned-lens", str(folder), "-o", str(out)])
+    rc, stdout, stderr = run_inprocess(["map", "--model", str(tiny_model_folder), "--tuned-lens", str(folder), "-o", str(out)])
     assert_usage_error(rc, stdout, stderr, ["--tuned-lens", str(folder), "is a folder, not a lens file"], out,
                        forbidden=["no such file"])
 
 
 @pytest.mark.parametrize("command", ["map", "calibrate"])
-def test_empty_model_name(command, tmp_path, model_loading_forbidden):  # noqa: F811
+def test_empty_model_name(command, tmp_path, no_model_loading):
     out = tmp_path / "out"
     target = str(out / "lens.safetensors") if command == "calibrate" else str(out)
     rc, stdout, stderr = run_inprocess([command, "--model", "", "-o", target])
@@ -371,7 +371,7 @@ def test_empty_hub_model_name(args, tmp_path, monkeypatch):
 DEEP = "[" * 100_000 + "]" * 100_000
 
 
-def test_deeply_nested_probe_file(tmp_path, model_loading_forbidden):  # noqa: F811
+def test_deeply_nested_probe_file(tmp_path, no_model_loading):
     probe = tmp_path / "deep.json"
     probe.write_text('{"name": "p", "samples": ' + DEEP + "}")
     out = tmp_path / "out"
@@ -482,11 +482,11 @@ def test_unreachable_hub_model_fails_after_one_request(dead_hub, tmp_path):
     assert_nothing_written(out)
 
 
-def test_unreachable_hub_loads_a_cached_model(dead_hub, tiny_model_dir, tmp_path):  # noqa: F811
+def test_unreachable_hub_loads_a_cached_model(dead_hub, tiny_model_folder, tmp_path):
     """Nothing lost: a model in the Hugging Face cache still loads when the Hub does not answer."""
     commit = "0123456789abcdef0123456789abcdef01234567"
     cached = tmp_path / "hub" / "models--acme--tiny"
-    shutil.copytree(tiny_model_dir, cached / "snapshots" / commit)
+    shutil.copytree(tiny_model_folder, cached / "snapshots" / commit)
     (cached / "refs").mkdir()
     (cached / "refs" / "main").write_text(commit)
     out = tmp_path / "out"
