@@ -20,7 +20,7 @@ DEFAULT_BACKEND = "transformers"
 class BackendEntry:
     name: str
     module: str  # imported when the backend is opened
-    opener: str  # function(model, *, dtype, device) -> Backend
+    opener: str  # function(model, *, dtype, device[, device_map, max_memory, offload_folder]) -> Backend
     description: str
     unavailable: str | None = None  # why it cannot be used in this version (a one-line reason)
     gradients: bool = True  # analyses that need a backward pass (tuned-lens training) can run
@@ -49,11 +49,16 @@ def check_backend(name: str, *, gradients: bool = False) -> BackendEntry:
     return entry
 
 
-def open_backend(model: str, *, backend: str = DEFAULT_BACKEND, dtype: str = "auto", device: str = "auto"):
-    """``--model/--backend/--dtype/--device`` -> a ready :class:`~neuro_scan.backend.base.Backend`."""
+def open_backend(model: str, *, backend: str = DEFAULT_BACKEND, dtype: str = "auto", device: str = "auto",
+                 device_map: str | dict | None = None, max_memory: dict[int | str, int] | None = None,
+                 offload_folder: str | None = None):
+    """``--model/--backend/--dtype/--device`` -> a ready :class:`~neuro_scan.backend.base.Backend`;
+    ``--device-map/--max-memory`` (and an offload folder) place a model larger than one device
+    (see :func:`neuro_scan.backend.loading.load_model`), passed on only when given."""
     entry = check_backend(backend)
     opener = getattr(importlib.import_module(entry.module), entry.opener)
-    return opener(model, dtype=dtype, device=device)
+    placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
+    return opener(model, dtype=dtype, device=device, **{k: v for k, v in placement.items() if v is not None})
 
 
 register_backend(BackendEntry(

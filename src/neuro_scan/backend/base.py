@@ -13,7 +13,7 @@ Vocabulary used everywhere in neuro-scan:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -126,19 +126,23 @@ class Backend(Protocol):
         skip: LayerSkips | None = None,
         start_layer: int = 0,
         start_stream: torch.Tensor | None = None,
-        capture: bool = False,
+        capture: bool | Collection[int] = False,
         repeat: tuple[int, int] | None = None,
         interventions: Mapping[Target, Intervention] | None = None,
     ) -> list[torch.Tensor | None]:
         """Run the model on ``batch`` and return residual streams ([B, T, d] each).
 
         With ``capture`` every boundary 0..L is returned (None for boundaries before
-        ``start_layer``); otherwise a one-element list holding boundary L only.
-        ``start_layer``/``start_stream`` resume from a stream at that boundary; ``skip``
-        passes the stream through the named layers unchanged (in the given rows).
-        ``repeat=(i, j)`` runs layers i..j-1 a second time right after layer j-1 (layer
-        duplication: execution order 0..j-1, i..L-1), without ``capture``.
-        ``interventions`` remove targets (see :class:`Target`) in layers >= ``start_layer``.
+        ``start_layer``), or with a collection of boundaries those only (and ``stop_layer``'s;
+        None elsewhere); otherwise a one-element list holding boundary L only.
+        ``start_layer``/``start_stream`` resume from a stream at that boundary (on any device);
+        ``stop_layer`` ends the run there (layers ``stop_layer``.. are not run, and boundary
+        ``stop_layer`` is the one returned). ``skip`` passes the stream through the named layers
+        unchanged (in the given rows). ``repeat=(i, j)`` runs layers i..j-1 a second time right
+        after layer j-1 (layer duplication: execution order 0..j-1, i..L-1), without ``capture``
+        or ``stop_layer``. ``interventions`` remove targets (see :class:`Target`) in layers >=
+        ``start_layer``. Streams returned stay on the device of the layer that made them, or move
+        to ``capture_device`` as they are made.
         """
         ...
 
@@ -154,6 +158,8 @@ class Backend(Protocol):
 
     def reduce_attention(self, batch: TokenBatch, reduce: Callable[[int, torch.Tensor], object]) -> list:
         """``[reduce(layer, weights) for each layer]``, where ``weights`` are the layer's attention
+        stop_layer: int | None = None,
+        capture_device: torch.device | None = None,
         probabilities ([B, heads, T, T], float32). Each layer's weights are handed over as soon as
         they exist and dropped before the next layer runs: memory holds one layer's weights (the
         caller bounds B x heads x T^2), never all L layers' at once."""
@@ -165,6 +171,10 @@ class Backend(Protocol):
         With ``differentiable`` gradients flow back to ``hidden`` (the tuned lens trains through
         the frozen model); the model's own parameters never require or receive a gradient.
         """
+        ...
+
+    def layer_device(self, layer: int) -> torch.device:
+        """Where decoder layer ``layer`` computes (with a device map, layers are on several devices)."""
         ...
 
     def unembedding_sha256(self) -> str:

@@ -55,7 +55,7 @@ def _rows_mask(rows: torch.Tensor | None, reference: torch.Tensor) -> torch.Tens
 
 
 def _replace(tensor: torch.Tensor, rows: torch.Tensor | None, value: torch.Tensor | None) -> torch.Tensor:
-    replacement = torch.zeros_like(tensor) if value is None else value.to(tensor.dtype).expand_as(tensor)
+    replacement = torch.zeros_like(tensor) if value is None else value.to(tensor).expand_as(tensor)
     mask = _rows_mask(rows, tensor)
     return replacement if mask is None else torch.where(mask, replacement, tensor)
 

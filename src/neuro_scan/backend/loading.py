@@ -21,6 +21,8 @@ from neuro_scan.errors import UsageError
 DEMO_MODEL = "demo"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# accelerate's big-model placements: layers spread over the GPUs, then the CPU, then disk
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 # what from_pretrained looks for in a model folder (a sharded checkpoint has an index)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -92,6 +94,16 @@ def check_device(device: str) -> None:
         raise UsageError(f"--device: '{device}' is not one of {', '.join(DEVICES)}")
 
 
+def check_device_map(device_map: str | dict | None, device: str) -> None:
+    """A placement name (or accelerate's own {module: device} map), and --device left to it."""
+    if device_map is None:
+        return
+    if isinstance(device_map, str) and device_map not in DEVICE_MAPS:
+        raise UsageError(f"--device-map: '{device_map}' is not one of {', '.join(DEVICE_MAPS)}")
+    if device != "auto":
+        raise UsageError(f"--device-map: the map places the model; leave --device at auto (got --device {device})")
+
+
 def resolve_device(device: str):
     import torch
 
@@ -119,11 +131,23 @@ def resolve_dtype(dtype: str, device):
     return getattr(torch, dtype)
 
 
-def load_model(source: ModelSource, dtype, device):
-    """Load a causal LM and its tokenizer; errors a user can fix become UsageError."""
+def load_model(source: ModelSource, dtype, device, *, device_map: str | dict | None = None,
+               max_memory: dict[int | str, int] | None = None, offload_folder: str | None = None):
+    """Load a causal LM and its tokenizer; errors a user can fix become UsageError.
+
+    Without ``device_map`` the weights load on the CPU and move to ``device``. With it, accelerate
+    places them as they load, layer by layer, over the GPUs, the CPU and disk, each device taking
+    at most its ``max_memory`` (bytes; accelerate's defaults without it): the host never holds the
+    whole model. Weights offloaded to disk are read from the model's safetensors files where they
+    can be; others (a GGUF's, dequantized) are written to ``offload_folder``, by default a
+    temporary folder removed when the process ends."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict = {}
+    placement: dict = {}
+    if device_map is not None:
+        placement = {"device_map": device_map, "max_memory": max_memory,
+                     "offload_folder": offload_folder or _temporary_offload_folder()}
     if source.kind == "gguf":
         if importlib.util.find_spec("gguf") is None:
             raise UsageError("--model: loading .gguf files needs the gguf package: pip install 'neuro-scan[gguf]'")
@@ -139,14 +163,26 @@ def load_model(source: ModelSource, dtype, device):
         options = _model_options(config)
         tokenizer = _loaded(source, unreachable, lambda: AutoTokenizer.from_pretrained(location, **kwargs), "tokenizer")
         model = _loaded(source, unreachable,
-                        lambda: AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **options, **kwargs))
+                        lambda: AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **options, **placement,
+                                                                     **kwargs))
     if getattr(model.config, "quantization_config", None) is not None and source.kind == "gguf":
         # dequantized GGUF weights are plain tensors now; the stale config only blocks save_pretrained
         del model.config.quantization_config
-    model.to(device)
+    if device_map is None:
+        model.to(device)
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer
+
+
+def _temporary_offload_folder() -> str:
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="neuro-scan-offload-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def _model_options(config) -> dict:

@@ -8,13 +8,19 @@ arguments the model passes it. Around that forward we only:
 - record layer inputs/outputs (forward hooks) to capture the residual stream;
 - replace a layer's ``forward`` for the duration of one run, to pass the stream through
   (skip) or to hand the layers after it a cached stream (resume).
+
+A model placed by a device map (accelerate's big-model loading, its layers spread over GPUs, the
+CPU and disk) computes each layer on that layer's execution device: a stream handed to a layer
+is moved there, replaced forwards wrap accelerate's own (which loads offloaded weights), and
+captured streams stay where they were made unless a capture device is named.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import itertools
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 import torch
@@ -41,8 +47,9 @@ class TransformersBackend:
         self.model = model
         self.tokenizer = tokenizer
         param = next(model.parameters())
+        self.device = execution_device(model.get_input_embeddings(), torch.device("cpu"))  # where token ids go
         sample = self.tokenize("The quick brown fox", add_special_tokens=True) or [0]
-        self._sample = torch.tensor([sample], device=param.device)  # what discovery runs the model on
+        self._sample = torch.tensor([sample], device=self.device)  # what discovery runs the model on
         self._architecture = architecture.discover(model, self._sample)
         self._attention: list[nn.Module | None] | None = None  # found on first use (one eager forward)
         self.layers: list[nn.Module] = list(self._architecture.layers)
@@ -57,10 +64,10 @@ class TransformersBackend:
             vocab_size=self._architecture.vocab_size,
             num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
             dtype=str(param.dtype).removeprefix("torch."),
-            device=str(param.device),
+            device=str(self.device),
             backend="transformers",
         )
-        self.device = param.device
+        self._head_device = execution_device((*self._architecture.final_modules, self._lm_head)[0], self.device)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._pad_id = int(pad if pad is not None else 0)
 
@@ -103,19 +110,35 @@ class TransformersBackend:
         skip: LayerSkips | None = None,
         start_layer: int = 0,
         start_stream: torch.Tensor | None = None,
-        capture: bool = False,
+        capture: bool | Collection[int] = False,
         repeat: tuple[int, int] | None = None,
         interventions: Mapping[Target, Intervention] | None = None,
+        stop_layer: int | None = None,
+        capture_device: torch.device | None = None,
     ) -> list[torch.Tensor | None]:
         num_layers = self.num_layers
-        if not 0 <= start_layer <= num_layers:
-            raise ValueError(f"start_layer must be in 0..{num_layers}")
+        stop = num_layers if stop_layer is None else stop_layer
+        if not 0 <= start_layer <= stop <= num_layers:
+            raise ValueError(f"need 0 <= start_layer <= stop_layer <= {num_layers}, got {start_layer}, {stop}")
         if (start_layer > 0) != (start_stream is not None):
             raise ValueError("start_stream is required exactly when start_layer > 0")
-        skip = dict(skip or {})
+        if repeat is not None and (capture or stop < num_layers):
+            raise ValueError("capture and stop_layer are not defined for a run with a repeated block")
+        wanted = set(range(start_layer, stop + 1)) if capture is True else {b for b in capture or () if start_layer <= b}
+        wanted.add(stop)  # what a run without capture returns
         streams: list[torch.Tensor | None] = [None] * (num_layers + 1)
+
+        def keep(boundary: int, stream: torch.Tensor) -> None:
+            if boundary in wanted:
+                streams[boundary] = stream if capture_device is None else stream.to(capture_device)
+
         if start_stream is not None:
-            streams[start_layer] = start_stream
+            if start_layer < num_layers:
+                start_stream = start_stream.to(self.layer_device(start_layer))
+            keep(start_layer, start_stream)
+            if start_layer == stop:  # nothing to run
+                return streams if capture is not False else [streams[stop]]
+        skip = dict(skip or {})
 
         resumed = self._architecture.as_output(start_stream) if start_stream is not None else None
         replacements: dict[int, Callable] = {j: (lambda *a, **k: resumed) for j in range(start_layer)}
@@ -127,33 +150,37 @@ class TransformersBackend:
             if target.part == "layer":
                 replacements[target.layer] = self._skipping_forward(self.layers[target.layer], intervention.rows,
                                                                     intervention.value)
+        form = self._architecture
+        for j in range(stop, num_layers):  # after stop_layer every layer passes the stream through
+            replacements[j] = lambda *a, **k: form.as_output(_hidden_arg(a, k))
 
         def record(index: int):
             def hook(_module, _args, output):
-                streams[index + 1] = self._architecture.stream(output)
+                keep(index + 1, self._architecture.stream(output))
 
             return hook
 
         def record_input(_module, args, kwargs):
-            streams[0] = _hidden_arg(args, kwargs)
+            keep(0, _hidden_arg(args, kwargs))
 
         with contextlib.ExitStack() as stack:
             if repeat is not None:
-                if capture:
-                    raise ValueError("capture is not defined for a run with a repeated block")
                 self._repeat_block(repeat, replacements, stack)
             for target, intervention in later.items():
-                if target.part != "layer":
+                if target.part != "layer" and target.layer < stop:
                     stack.enter_context(_hook(self._component_hook(target, intervention)))
-            recorded = range(start_layer, num_layers) if capture else [num_layers - 1]
-            if start_layer < num_layers:
-                for j in recorded:
+            for j in range(start_layer, stop):
+                if j + 1 in wanted:
                     stack.enter_context(_hook(self.layers[j].register_forward_hook(record(j))))
-                if capture and start_layer == 0:
-                    stack.enter_context(_hook(self.layers[0].register_forward_pre_hook(record_input, with_kwargs=True)))
+            if start_layer == 0 and 0 in wanted:
+                stack.enter_context(_hook(self.layers[0].register_forward_pre_hook(record_input, with_kwargs=True)))
             stack.enter_context(_replaced_forwards(self.layers, replacements))
             self._base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-        return streams if capture else [streams[num_layers]]
+        return streams if capture is not False else [streams[stop]]
+
+    def layer_device(self, layer: int) -> torch.device:
+        """Where decoder layer ``layer`` computes (a stream handed to it must be there)."""
+        return execution_device(self.layers[layer], self.device)
 
     def _repeat_block(self, block: tuple[int, int], replacements: dict[int, Callable], stack: contextlib.ExitStack) -> None:
         """Run layers first..stop-1 a second time right after layer stop-1 (the execution order
@@ -173,14 +200,15 @@ class TransformersBackend:
         for index in range(first, stop):
             stack.enter_context(_hook(self.layers[index].register_forward_pre_hook(record(index), with_kwargs=True)))
         last = stop - 1
-        first_pass = replacements.get(last, type(self.layers[last]).forward.__get__(self.layers[last]))
+        # each layer's own forward (accelerate's, where a device map placed it), taken before any is replaced
+        own = {index: self.layers[index].forward for index in range(first, stop)}
+        first_pass = replacements.get(last, own[last])
 
         def forward(*args, **kwargs):
             output = first_pass(*args, **kwargs)
             for index in range(first, stop):
                 rest, named = arguments[index]
-                layer = self.layers[index]  # its class's own forward: no hooks, no replacement
-                output = type(layer).forward(layer, self._architecture.stream(output), *rest, **named)
+                output = own[index](self._architecture.stream(output), *rest, **named)  # no hooks, no replacement
             return output
 
         replacements[last] = forward
@@ -258,18 +286,20 @@ class TransformersBackend:
         mean of the layer's residual update: mean ablation), in ``rows`` (None: every row)."""
 
         def passed(hidden: torch.Tensor) -> torch.Tensor:
-            return hidden if value is None else hidden + value.to(hidden.dtype)
+            return hidden if value is None else hidden + value.to(hidden)
 
         form = self._architecture
         if rows is None:
             return lambda *args, **kwargs: form.as_output(passed(_hidden_arg(args, kwargs)))
-        original = type(layer).forward.__get__(layer)
+        original = layer.forward  # accelerate's where a device map placed the layer: it moves the input
         keep = rows.view(-1, 1, 1)
 
         def forward(*args, **kwargs):
             hidden = _hidden_arg(args, kwargs)
             output = original(*args, **kwargs)
-            return form.as_output(torch.where(keep, passed(hidden), form.stream(output)), like=output)
+            stream = form.stream(output)
+            return form.as_output(torch.where(keep.to(stream.device), passed(hidden.to(stream.device)), stream),
+                                  like=output)
 
         return forward
 
@@ -335,10 +365,11 @@ class TransformersBackend:
 
     def unembed(self, hidden: torch.Tensor, *, differentiable: bool = False) -> torch.Tensor:
         with contextlib.nullcontext() if differentiable else torch.inference_mode():
-            return self._architecture.logits(hidden)
+            return self._architecture.logits(hidden.to(self._head_device))
 
     def unembedding_sha256(self) -> str:
-        weight = self._lm_head.weight.detach().to("cpu", torch.bfloat16).contiguous()
+        with _loaded_weights(self._lm_head):
+            weight = self._lm_head.weight.detach().to("cpu", torch.bfloat16).contiguous()
         return hashlib.sha256(weight.view(torch.int16).numpy().tobytes()).hexdigest()
 
 
@@ -353,23 +384,57 @@ def _hook(handle) -> Iterator[None]:
 @contextlib.contextmanager
 def _replaced_forwards(layers: list[nn.Module], replacements: dict[int, Callable]) -> Iterator[None]:
     """Give some layers another ``forward`` for one run (nn.Module.__call__ looks up the
-    instance attribute first), and always restore the class's own forward afterwards."""
+    instance attribute first), and always restore the forward they had afterwards (the class's
+    own, or accelerate's wrapper around it where a device map placed the layer)."""
+    previous = {index: layers[index].__dict__.get("forward") for index in replacements}
     try:
         for index, forward in replacements.items():
             layers[index].forward = forward
         yield
     finally:
-        for index in replacements:
-            layers[index].__dict__.pop("forward", None)
+        for index, forward in previous.items():
+            if forward is None:
+                layers[index].__dict__.pop("forward", None)
+            else:
+                layers[index].forward = forward
 
 
-def open_model(model: str, *, dtype: str = "auto", device: str = "auto") -> TransformersBackend:
+def execution_device(module: nn.Module, fallback: torch.device) -> torch.device:
+    """Where a module computes: accelerate's execution device where a device map placed it or its
+    parts (their weights may wait on the CPU or disk until they run), else where its weights are."""
+    for part in module.modules():
+        hook = getattr(part, "_hf_hook", None)
+        for one in getattr(hook, "hooks", (hook,)):
+            device = getattr(one, "execution_device", None)
+            if device is not None:
+                return torch.device(device)
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if tensor.device.type != "meta":
+            return tensor.device
+    return fallback
+
+
+def _loaded_weights(module: nn.Module) -> contextlib.AbstractContextManager:
+    """The module's weights in memory for the duration, where a device map offloaded them."""
+    if all(tensor.device.type != "meta" for tensor in module.parameters()):
+        return contextlib.nullcontext()
+    from accelerate.utils import align_module_device
+
+    return align_module_device(module)
+
+
+def open_model(model: str, *, dtype: str = "auto", device: str = "auto", device_map: str | dict | None = None,
+               max_memory: dict[int | str, int] | None = None, offload_folder: str | None = None) -> TransformersBackend:
     """``--model/--dtype/--device`` -> a ready backend (registered as ``transformers`` in
-    :mod:`neuro_scan.backend`)."""
-    from neuro_scan.backend.loading import load_model, resolve_device, resolve_dtype, resolve_source
+    :mod:`neuro_scan.backend`); ``device_map``/``max_memory``/``offload_folder``: see
+    :func:`neuro_scan.backend.loading.load_model`."""
+    from neuro_scan.backend import loading
 
-    source = resolve_source(model)
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
-    loaded, tokenizer = load_model(source, torch_dtype, torch_device)
+
+    loading.check_device_map(device_map, device)
+    source = loading.resolve_source(model)
+    torch_device = loading.resolve_device(device)
+    torch_dtype = loading.resolve_dtype(dtype, torch_device)
+    loaded, tokenizer = loading.load_model(source, torch_dtype, torch_device, device_map=device_map,
+                                           max_memory=max_memory, offload_folder=offload_folder)
     return TransformersBackend(loaded, tokenizer, source.display_name)
