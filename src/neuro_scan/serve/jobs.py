@@ -105,7 +105,8 @@ class Jobs:
         if self._thread is not None:
             self._thread.join()
         with self.lock:
-            for job_id in [*self.children, *self.adopted]:
+            running = [job_id for job_id in [*self.children, *self.adopted] if self.jobs[job_id].state == "running"]
+            for job_id in running:
                 _interrupt(self.jobs[job_id].pid)
             for job_id, child in list(self.children.items()):
                 try:
@@ -113,7 +114,8 @@ class Jobs:
                 except subprocess.TimeoutExpired:
                     child.kill()
                     child.wait()
-                self._finish(self.jobs[job_id], _exit_reason(child.returncode))
+                if self.jobs[job_id].state == "running":
+                    self._finish(self.jobs[job_id], _exit_reason(child.returncode))
             self.children.clear()
 
     # -- what the page asks ---------------------------------------------------------------------
@@ -123,13 +125,19 @@ class Jobs:
 
     def list(self) -> list[Job]:
         with self.lock:
-            return sorted(self.jobs.values(), key=lambda job: job.created_at, reverse=True)
+            return sorted(map(self._settled, self.jobs.values()), key=lambda job: job.created_at, reverse=True)
 
     def get(self, job_id: str) -> Job:
         with self.lock:
             if job_id not in self.jobs:
                 raise Refused(404, f"no job '{job_id}'")
-            return self.jobs[job_id]
+            return self._settled(self.jobs[job_id])
+
+    def _settled(self, job: Job) -> Job:
+        """The job, ended if its events say so (the scheduler may not have looked since)."""
+        if job.state == "running" and _ended_event(self.folder(job)) is not None:
+            self._finish(job, None)
+        return job
 
     def submit(self, name: str, values: dict, probe: tuple[str, bytes] | None = None) -> Job:
         """A new queued job, after every check the CLI makes before loading a model; on bad input
@@ -137,7 +145,8 @@ class Jobs:
         spec = forms.startable(name)
         values = forms.coerce(spec, values)
         if spec.name == "compare":
-            values["reports"] = [str(confine(self.results, report)) for report in values.get("reports", [])]
+            for report in values.get("reports", []):  # named as the list names them: run from the results folder
+                confine(self.results, report)
         job_id = f"{dt.datetime.now():%Y%m%d-%H%M%S}-{spec.name}-{secrets.token_hex(3)}"
         folder = self.root / job_id
         with tempfile.TemporaryDirectory(prefix="neuro-scan-job-") as staging:
@@ -190,24 +199,32 @@ class Jobs:
 
     def _tick(self) -> None:
         for job_id, child in list(self.children.items()):
-            if child.poll() is not None:
-                del self.children[job_id]
-                self._finish(self.jobs[job_id], _exit_reason(child.returncode))
+            self._follow(job_id, child.poll() is None, _exit_reason(child.returncode))
         for job_id in list(self.adopted):
-            if not _is_worker(self.jobs[job_id].pid, self.folder(self.jobs[job_id])):
-                self.adopted.discard(job_id)
-                self._finish(self.jobs[job_id], "its worker stopped while the server was away")
+            job = self.jobs[job_id]
+            self._follow(job_id, _is_worker(job.pid, self.folder(job)), "its worker stopped while the server was away")
         busy = any(self.jobs[job_id].loads_model for job_id in [*self.children, *self.adopted])
         for job in sorted((job for job in self.jobs.values() if job.state == "queued"), key=lambda job: job.created_at):
             if not job.loads_model or not busy:
                 self._start(job)
                 busy = busy or job.loads_model
 
+    def _follow(self, job_id: str, alive: bool, why: str) -> None:
+        """A running job ends when its events say so; its device is free when its process is gone."""
+        job = self.jobs[job_id]
+        if not alive:
+            self.children.pop(job_id, None)
+            self.adopted.discard(job_id)
+        if not alive and job.state == "running":
+            self._finish(job, why)
+        self._settled(job)
+
     def _start(self, job: Job) -> None:
         folder = self.folder(job)
         with open(folder / "worker.log", "ab") as log:
             child = subprocess.Popen([sys.executable, "-m", "neuro_scan.serve.worker", str(folder)],
-                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                     cwd=self.results if job.command == "compare" else None)
         self.children[job.id] = child
         job.state, job.pid, job.started_at = "running", child.pid, _now()
         self._save(job)

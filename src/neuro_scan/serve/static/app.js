@@ -233,6 +233,9 @@ async function showJob(id) {
   $("job-message").textContent = "";
   $("job-frame").hidden = true;
   $("job-frame").removeAttribute("src");
+  $("job-progress").hidden = false;
+  for (const element of ["job-phase", "job-eta"]) $(element).textContent = "";
+  $("job-bar").value = 0;
   setState(job.state);
   $("job-cancel").onclick = () => post(`/api/jobs/${id}/cancel`, {}).catch(showProblem);
   const live = new LiveJob(id);
@@ -342,19 +345,19 @@ class LiveJob {
       const element = this.chart("lens");
       element.dataset.points = trajectory.length;
       Plotly.react(element, [{
-        type: "heatmap", colorscale: "Viridis", zmin: 0, zmax: 1, colorbar: { title: "p(answer)" },
+        type: "heatmap", colorscale: "Viridis", zmin: 0, zmax: 1, colorbar: { title: { text: "p(answer)" } },
         z: trajectory.map((sample) => sample.map((layer) => layer.target_token_prob)),
         x: trajectory[0].map((layer) => layer.layer_idx),
         hovertemplate: "layer %{x}<br>sample %{y}<br>p(answer) %{z:.3f}<extra></extra>",
-      }], { title: "Lens: p(answer) at each layer (x) for each sample (y)", xaxis: { title: "layer" },
-            yaxis: { title: "sample" }, margin: { t: 50 } }, { responsive: true });
+      }], { title: { text: "Lens: p(answer) at each layer (x) for each sample (y)" },
+            xaxis: { title: { text: "layer" }, ...layerTicks(trajectory[0].length) }, yaxis: { title: { text: "sample" } },
+            margin: { t: 50 } }, { responsive: true });
     }
   }
 
   ended(event) {
     setState(event.state);
-    $("job-phase").textContent = "";
-    $("job-eta").textContent = "";
+    $("job-progress").hidden = true;
     $("job-message").textContent = event.message || "";
     for (const [phase, error] of Object.entries(event.failed_phases || {})) this.log(`the ${phase} phase failed: ${error}`, "warning");
     for (const note of event.notes || []) this.log(note);
@@ -378,8 +381,10 @@ function drawBars(element, x, values, intervals, title) {
     bars.error_y = { type: "data", symmetric: false, array: intervals.map((iv, i) => iv[1] - values[i]),
                      arrayminus: intervals.map((iv, i) => values[i] - iv[0]) };
   }
-  Plotly.react(element, [bars], { title, xaxis: { title: typeof x[0] === "number" ? "layer" : "" },
-                                  yaxis: { title: "damage (nats)" }, margin: { t: 50 } }, { responsive: true });
+  const layers = typeof x[0] === "number";
+  Plotly.react(element, [bars], { title: { text: title }, margin: { t: 50 },
+                                  xaxis: layers ? { title: { text: "layer" }, ...layerTicks(x.length) } : {},
+                                  yaxis: { title: { text: "damage (nats)" } } }, { responsive: true });
 }
 
 function drawPairs(element, scored, phase) {
@@ -387,10 +392,15 @@ function drawPairs(element, scored, phase) {
   const size = Math.max(...pairs.flat()) + 1;
   const z = Array.from({ length: size }, () => Array(size).fill(null));
   pairs.forEach(([i, j], k) => { z[i][j] = z[j][i] = scored[k].damage; });
-  Plotly.react(element, [{ type: "heatmap", z, colorscale: "Reds", colorbar: { title: "nats" },
+  Plotly.react(element, [{ type: "heatmap", z, colorscale: "Reds", colorbar: { title: { text: "nats" } },
                            hovertemplate: "L%{y} + L%{x}: %{z:.4f}<extra></extra>" }],
-               { title: `${phase}: damage with both layers skipped — ${scored.length} pairs scored`,
-                 xaxis: { title: "layer" }, yaxis: { title: "layer" }, margin: { t: 50 } }, { responsive: true });
+               { title: { text: `${phase}: damage with both layers skipped — ${scored.length} pairs scored` },
+                 xaxis: { title: { text: "layer" }, ...layerTicks(size) },
+                 yaxis: { title: { text: "layer" }, ...layerTicks(size) }, margin: { t: 50 } }, { responsive: true });
+}
+
+function layerTicks(count) {  // whole-number ticks, one per layer when few
+  return { tickmode: "linear", tick0: 0, dtick: count <= 40 ? 1 : Math.max(1, Math.floor(count / 20)) };
 }
 
 window.addEventListener("hashchange", route);
