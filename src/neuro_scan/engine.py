@@ -7,6 +7,16 @@ unchanged, so the skipped run starts at layer m+1 from the baseline's cached bou
 (L-1)/2 forwards on top of the baseline, instead of L full forwards. Several skip
 configurations share one forward: their rows are stacked, and each layer is skipped only in
 the rows of the configurations that skip it.
+
+At scale (docs/scale.md), without changing a score:
+
+- memory: the cache may keep only every K-th boundary (``keep_every``, or the smallest K whose
+  cache fits ``cache_memory``; :mod:`neuro_scan.stream_cache`). A run then starts from the highest
+  kept boundary at or below its first change and recomputes the baseline layers between;
+- padding: rows are sorted by length and cut into length buckets, so a forward carries little
+  padding; a short bucket stacks more configurations into each forward;
+- pairs: a pair (i, j) resumes after j from the run with i skipped, cached once for every pair
+  with that first layer (:meth:`Engine.skip_scan`).
 """
 
 from __future__ import annotations
@@ -18,7 +28,27 @@ import torch
 
 from neuro_scan.backend.base import ABLATIONS, Backend, Intervention, Target, TokenBatch
 from neuro_scan.probes import Probe
-from neuro_scan.scoring import SampleScores, ScoringPlan, build_plan, gather_pairs, pairs_in, score_logits, split_rows
+from neuro_scan.scoring import (
+    SampleScores,
+    ScoringPlan,
+    build_plan,
+    by_length,
+    gather_pairs,
+    length_blocks,
+    padding_share,
+    pairs_in,
+    score_logits,
+    split_rows,
+)
+from neuro_scan.stream_cache import (
+    StreamCache,
+    baseline_spacing,
+    bytes_on,
+    cache_device,
+    every_kth,
+    free_memory,
+    spacing_within,
+)
 
 Progress = Callable[[float], None]
 
@@ -30,65 +60,105 @@ class RowBlock:
     rows: slice
     batch: TokenBatch
     pairs: torch.Tensor  # the plan's read positions inside this block
-    streams: list[torch.Tensor]  # the baseline's residual stream at every boundary
 
 
 class Engine:
-    def __init__(self, backend: Backend, probe: Probe, batch_size: int = 64):
+    def __init__(self, backend: Backend, probe: Probe, batch_size: int = 64, *, cache_memory: int | None = None,
+                 keep_every: int | None = None, bucket_rows: bool = True, pair_resume: bool = True):
+        """``cache_memory``: the most bytes the cached streams may take (None: no limit), which sets
+        K, the spacing of the boundaries kept; ``keep_every`` sets K itself. ``bucket_rows`` batches
+        rows of similar length; ``pair_resume`` lets :meth:`skip_scan` resume a pair of layers after
+        its second layer. None of them changes a score, only memory and time."""
+        if keep_every is not None and keep_every < 1:
+            raise ValueError(f"keep_every must be at least 1, got {keep_every}")
         self.backend = backend
         self.probe = probe
         self.batch_size = batch_size
-        self.plan: ScoringPlan = build_plan(probe, backend)
-        self.blocks: list[RowBlock] = []
+        self.cache_memory = cache_memory
+        self.pair_resume = pair_resume
+        plan = build_plan(probe, backend)
+        self.plan: ScoringPlan = by_length(plan) if bucket_rows else plan
+        lengths = [len(sequence) for sequence in self.plan.sequences]
+        slices = length_blocks(lengths, batch_size) if bucket_rows else split_rows(len(lengths), batch_size)
+        self.blocks = [RowBlock(rows, backend.make_batch(self.plan.sequences[rows]), pairs_in(self.plan, rows))
+                       for rows in slices]
+        self.padding_share = padding_share(lengths, slices)
+        value_bytes = getattr(torch, backend.info.dtype).itemsize
+        self.boundary_bytes = sum((r.stop - r.start) * max(lengths[r]) for r in slices) * backend.info.hidden_size * value_bytes
+        layers = self.num_layers
+        self.keep_every = keep_every or baseline_spacing(layers, self.boundary_bytes, cache_memory)
+        kept = every_kth(self.keep_every, layers, self.keep_every)
+        need = bytes_on((backend.layer_device(boundary - 1) for boundary in kept), self.boundary_bytes)
+        self.cache_device = cache_device(need, free_memory)
+        self._cache = StreamCache(kept, from_embeddings=True)
+        finals = []
+        for block in self.blocks:
+            streams = backend.run(block.batch, capture=kept, capture_device=self.cache_device)
+            self._cache.streams.append({boundary: streams[boundary] for boundary in kept})
+            finals.append(gather_pairs(streams[layers], self.plan, block.rows, block.pairs)[0])
+        self.baseline: SampleScores = score_logits(self.plan, self.backend.unembed(torch.cat(finals)))
+        self._cursor: tuple[int, list[torch.Tensor]] | None = None  # the last boundary recomputed
         self._means: dict[Target, torch.Tensor] = {}
-        for rows in split_rows(len(self.plan.sequences), batch_size):
-            batch = backend.make_batch(self.plan.sequences[rows])
-            streams = backend.run(batch, capture=True)
-            self.blocks.append(RowBlock(rows, batch, pairs_in(self.plan, rows), streams))
-        self.baseline: SampleScores = score_logits(self.plan, self.backend.unembed(self.hidden_at(backend.num_layers)))
 
     @property
     def num_layers(self) -> int:
         return self.backend.num_layers
 
+    @property
+    def cache_bytes(self) -> int:
+        """What the baseline's kept boundaries take."""
+        return len(self._cache.boundaries) * self.boundary_bytes
+
     def hidden_at(self, boundary: int) -> torch.Tensor:
         """The baseline's residual stream at every read position, at one boundary ([N, d])."""
-        return torch.cat([gather_pairs(b.streams[boundary], self.plan, b.rows, b.pairs)[0] for b in self.blocks])
+        return torch.cat([gather_pairs(stream, self.plan, block.rows, block.pairs)[0]
+                          for stream, block in zip(self._streams_at(boundary), self.blocks)])
 
     def real_tokens_at(self, boundary: int) -> torch.Tensor:
         """The baseline's residual stream at one boundary over every real (non-pad) token of the
-        probe's rows, in row order ([tokens, d])."""
-        return torch.cat([b.streams[boundary][b.batch.attention_mask.bool()] for b in self.blocks])
+        probe's rows, in the plan's row order ([tokens, d])."""
+        return torch.cat([stream[block.batch.attention_mask.bool().to(stream.device)]
+                          for stream, block in zip(self._streams_at(boundary), self.blocks)])
+
+    def block_stream(self, block: RowBlock, boundary: int) -> torch.Tensor:
+        """The baseline's residual stream of one row block at one boundary ([rows, T, d])."""
+        return self._streams_at(boundary)[next(i for i, b in enumerate(self.blocks) if b is block)]
 
     def skip_scan(self, configurations: Sequence[frozenset[int]], progress: Progress | None = None) -> list[SampleScores]:
-        """Scores with each set of whole layers skipped, in the order given."""
-        return self.ablation_scan([frozenset(Target(layer) for layer in c) for c in configurations], "zero", progress)
+        """Scores with each set of whole layers skipped, in the order given.
+
+        Pairs {i, j}, i < j, that share their i resume after j from the run with i skipped (with
+        ``pair_resume``, where that saves layer passes: see :meth:`_pairs_after`); every other
+        configuration resumes from the baseline."""
+        results: list[SampleScores | None] = [None] * len(configurations)
+        by_first: dict[int, list[int]] = {}
+        for index, configuration in enumerate(configurations):
+            if self.pair_resume and len(configuration) == 2:
+                by_first.setdefault(min(configuration), []).append(index)
+        for first, members in sorted(by_first.items()):
+            scores = self._pairs_after(first, [max(configurations[index]) for index in members], progress) or []
+            for index, score in zip(members, scores):
+                results[index] = score
+        rest = [index for index, score in enumerate(results) if score is None]
+        scores = self.ablation_scan([frozenset(Target(layer) for layer in configurations[index]) for index in rest],
+                                    "zero", progress)
+        for index, score in zip(rest, scores):
+            results[index] = score
+        return results  # type: ignore[return-value]  (every configuration is scored)
 
     def ablation_scan(self, configurations: Sequence[frozenset[Target]], ablation: str = "zero",
                       progress: Progress | None = None) -> list[SampleScores]:
         """Scores with each set of targets removed (``ablation``: zero or mean), in the order given.
 
         Each configuration resumes from the baseline's cached stream at its first changed layer
-        (after it, for a skipped whole layer); configurations are stacked along the batch up to
-        ``batch_size`` rows per forward.
+        (after it, for a skipped whole layer), or from the nearest kept boundary below it;
+        configurations are stacked along the batch up to ``batch_size`` rows per forward.
         """
         if ablation not in ABLATIONS:
             raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
         if ablation == "mean":
             self._ensure_means(set().union(*configurations))
-        order = sorted(range(len(configurations)), key=lambda i: self._resume_boundary(configurations[i], ablation))
-        hidden: list[list[torch.Tensor]] = [[] for _ in configurations]
-        for block in self.blocks:
-            per_forward = max(1, self.batch_size // (block.rows.stop - block.rows.start))
-            for chunk_start in range(0, len(order), per_forward):
-                chunk = order[chunk_start : chunk_start + per_forward]
-                final = self._run_chunk(block, [configurations[i] for i in chunk], ablation)
-                copies = gather_pairs(final, self.plan, block.rows, block.pairs, copies=len(chunk))
-                for position, config_index in enumerate(chunk):
-                    hidden[config_index].append(copies[position])
-                if progress:
-                    progress(len(chunk) / len(self.blocks))
-        return [score_logits(self.plan, self.backend.unembed(torch.cat(parts))) for parts in hidden]
+        return self._scan(self._cache, configurations, ablation, progress)
 
     def repeat_scan(self, blocks: Sequence[tuple[int, int]], progress: Progress | None = None) -> list[SampleScores]:
         """Scores with each block of layers ``first..stop-1`` run twice (layer duplication: execution
@@ -96,53 +166,132 @@ class Engine:
 
         Layers 0..stop-1 see exactly the baseline's inputs on their first pass, so each run resumes
         from the cached stream at boundary ``stop`` (at ``L-1`` when the block ends at the last
-        layer: the backend needs at least one layer to run) and costs L - first layer passes.
+        layer: the backend needs at least one layer to run), or the nearest kept one below it.
         """
         results = []
         for first, stop in blocks:
-            resume = min(stop, self.num_layers - 1)
+            resume = self._cache.floor(min(stop, self.num_layers - 1))
             repeat = (first, stop) if stop > first else None
             parts = []
-            for block in self.blocks:
+            for index, block in enumerate(self.blocks):
                 final = self.backend.run(block.batch, repeat=repeat, start_layer=resume,
-                                         start_stream=block.streams[resume] if resume else None)[0]
+                                         start_stream=self._cache.stream(index, resume))[0]
                 parts.append(gather_pairs(final, self.plan, block.rows, block.pairs)[0])
             results.append(score_logits(self.plan, self.backend.unembed(torch.cat(parts))))
             if progress:
                 progress(1)
         return results
 
-    def _resume_boundary(self, configuration: frozenset[Target], ablation: str) -> int:
-        """The first boundary a configuration changes: its lowest target's layer, or the boundary
-        after it when that target is a whole layer skipped (L for the empty configuration)."""
-        lowest = min((t.layer for t in configuration), default=self.num_layers)
-        skipped = ablation == "zero" and Target(lowest) in configuration
-        return min(lowest + 1, self.num_layers) if skipped else lowest
+    def means(self, targets: Sequence[Target]) -> dict[Target, torch.Tensor]:
+        """What mean ablation puts in each target's place: the mean over the probe's real tokens of
+        what it contributes in the baseline run (float32)."""
+        self._ensure_means(set(targets))
+        return {target: self._means[target] for target in targets}
 
-    def _run_chunk(self, block: RowBlock, configs: list[frozenset[Target]], ablation: str) -> torch.Tensor:
-        """One forward for several configurations stacked along the batch, from the lowest resume
-        boundary among them; a configuration whose skipped layer is the one just before that
-        boundary starts from the stream before it (the skipped layer passes it through)."""
-        start = min(self._resume_boundary(c, ablation) for c in configs)
-        size = block.batch.size
-        starts = [block.streams[start - 1] if start and ablation == "zero" and Target(start - 1) in c else block.streams[start]
+    # -- resuming ---------------------------------------------------------------------------------
+
+    def _scan(self, cache: StreamCache, configurations: Sequence[frozenset[Target]], ablation: str,
+              progress: Progress | None) -> list[SampleScores]:
+        """Scores of each configuration run from ``cache`` (which holds a run with none of their targets)."""
+        order = sorted(range(len(configurations)), key=lambda i: self._entry(cache, configurations[i], ablation))
+        hidden: list[list[torch.Tensor]] = [[] for _ in configurations]
+        for index, block in enumerate(self.blocks):
+            per_forward = max(1, self.batch_size // (block.rows.stop - block.rows.start))
+            for chunk_start in range(0, len(order), per_forward):
+                chunk = order[chunk_start : chunk_start + per_forward]
+                final = self._run_chunk(index, cache, [configurations[i] for i in chunk], ablation)[0]
+                copies = gather_pairs(final, self.plan, block.rows, block.pairs, copies=len(chunk))
+                for position, config_index in enumerate(chunk):
+                    hidden[config_index].append(copies[position])
+                if progress:
+                    progress(len(chunk) / len(self.blocks))
+        return [score_logits(self.plan, self.backend.unembed(torch.cat(parts))) for parts in hidden]
+
+    def _entry(self, cache: StreamCache, configuration: frozenset[Target], ablation: str) -> int:
+        """The layer a configuration's run starts at: after its lowest target when that is a whole
+        layer skipped whose input the cache holds (the skipped layer passes it through), else at the
+        highest boundary the cache holds at or below its lowest target (L for the empty configuration)."""
+        lowest = min((t.layer for t in configuration), default=self.num_layers)
+        if ablation == "zero" and Target(lowest) in configuration and cache.holds(lowest):
+            return lowest + 1
+        return cache.floor(lowest)
+
+    def _run_chunk(self, index: int, cache: StreamCache, configs: list[frozenset[Target]], ablation: str,
+                   capture: Sequence[int] = (), stop: int | None = None) -> list[torch.Tensor | None]:
+        """One forward of row block ``index`` for several configurations stacked along the batch,
+        from the lowest entry among them; a configuration whose skipped layer is the one just before
+        that entry starts from the stream before it (the skipped layer passes it through). Returns
+        the stream at ``stop`` (default L) alone, or with ``capture`` every stream indexed by boundary
+        (those at ``capture`` and ``stop``; None elsewhere)."""
+        block = self.blocks[index]
+        start = min(self._entry(cache, c, ablation) for c in configs)
+        if not (cache.holds(start) or (start == 0 and cache.from_embeddings)):
+            start -= 1  # entered after a skipped layer whose output is not held: run from its input, skipping it
+        starts = [cache.stream(index, start - 1 if ablation == "zero" and start and Target(start - 1) in c else start)
                   for c in configs]
-        stream = torch.cat(starts) if len(starts) > 1 else starts[0]
+        stream = None if starts[0] is None else torch.cat([s.to(starts[0].device) for s in starts])
+        size = block.batch.size
         skips: dict[int, torch.Tensor | None] = {}
         interventions: dict[Target, Intervention] = {}
         for target in sorted(set().union(*configs)):
             if target.layer < start:
                 continue
-            flags = torch.tensor([target in c for c in configs], device=stream.device).repeat_interleave(size)
+            flags = torch.tensor([target in c for c in configs]).repeat_interleave(size)
             rows = None if bool(flags.all()) else flags
             if ablation == "zero" and target.part == "layer":
                 skips[target.layer] = rows
             else:
-                value = None if ablation == "zero" else self._means[target].to(stream.device)
-                interventions[target] = Intervention(rows=rows, value=value)
+                interventions[target] = Intervention(rows=rows, value=None if ablation == "zero" else self._means[target])
         batch = block.batch.repeat(len(configs)) if len(configs) > 1 else block.batch
-        return self.backend.run(batch, skip=skips, start_layer=start, start_stream=stream if start else None,
-                                interventions=interventions)[0]
+        streams = self.backend.run(batch, skip=skips, start_layer=start, start_stream=stream, interventions=interventions,
+                                   capture=list(capture) or False, stop_layer=stop,
+                                   capture_device=self.cache_device if capture else None)
+        return streams
+
+    def _pairs_after(self, first: int, seconds: list[int], progress: Progress | None) -> list[SampleScores] | None:
+        """Pairs (first, j) for each j in ``seconds``, resumed after j from the run with ``first``
+        skipped; None when that does not pay or its cache does not fit.
+
+        The stream at boundary j of the run with layer i skipped is the same for every pair with
+        that i. So that run is cached once, up to the last j, and each pair resumes after j from it:
+        L-1-j layer passes instead of the L-1-i of resuming after i from the baseline. That pays when
+        the pairs reach further than the cached run: when the sum of their (j - i) exceeds (last j -
+        i). The run's cache keeps every K-th boundary from i+1, within what ``cache_memory`` leaves
+        beside the baseline's."""
+        last = max(seconds)
+        if sum(j - first for j in seconds) <= last - first:
+            return None
+        budget = None if self.cache_memory is None else self.cache_memory - self.cache_bytes
+        spacing = spacing_within(first + 1, last, self.boundary_bytes, budget,
+                                 smallest=self.keep_every if budget is None else 1)
+        if spacing is None:
+            return None
+        skipped = StreamCache(every_kth(first + 1, last, spacing), from_embeddings=False)
+        alone = [frozenset({Target(first)})]
+        for index in range(len(self.blocks)):
+            streams = self._run_chunk(index, self._cache, alone, "zero", capture=skipped.boundaries,
+                                      stop=skipped.boundaries[-1])
+            skipped.streams.append({boundary: streams[boundary] for boundary in skipped.boundaries})
+        return self._scan(skipped, [frozenset({Target(j)}) for j in seconds], "zero", progress)
+
+    def _streams_at(self, boundary: int) -> list[torch.Tensor]:
+        """The baseline's stream at one boundary, per row block: kept, or recomputed from the highest
+        kept boundary below it, or from the last one recomputed when that is nearer (so reading the
+        boundaries in order recomputes each layer once)."""
+        if self._cache.holds(boundary):
+            return [streams[boundary] for streams in self._cache.streams]
+        if self._cursor is not None and self._cursor[0] == boundary:
+            return self._cursor[1]
+        start = self._cache.floor(boundary)
+        if self._cursor is not None and start < self._cursor[0] < boundary:
+            start, starts = self._cursor
+        else:
+            starts = [self._cache.stream(index, start) for index in range(len(self.blocks))]
+        self._cursor = None  # its memory is free before the next is made
+        streams = [self.backend.run(block.batch, start_layer=start, start_stream=stream, stop_layer=boundary,
+                                    capture_device=self.cache_device)[0] for block, stream in zip(self.blocks, starts)]
+        self._cursor = (boundary, streams)
+        return streams
 
     def _ensure_means(self, targets: set[Target]) -> None:
         """Mean over the probe's real tokens of what each target contributes, from the baseline run."""

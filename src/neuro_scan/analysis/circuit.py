@@ -21,7 +21,7 @@ false discoveries among the significant pairs is at most 5%.
 
 Phases: A, the single-layer scan (or a stored one for the same model, probe and samples);
 B (``thorough`` only), similarity of the layers' outputs; C, the pairs, through
-:meth:`Engine.pair_scan`, which resumes each pair (i, j) after j from the run with i skipped
+:meth:`Engine.skip_scan`, which resumes each pair (i, j) after j from the run with i skipped
 (cached once for all pairs with that i) or after i from the baseline's cached stream, and
 stacks pairs in one forward.
 """
@@ -177,7 +177,7 @@ def run_circuit(engine: Engine, singles: AblationResult, plan: PairPlan, seed: i
     started = time.perf_counter()
     if not plan.pairs:  # e.g. no layer whose removal hurts: no candidates
         return CircuitResult(plan, singles, [], 0.0)
-    joint = engine.pair_scan(plan.pairs, progress)
+    joint = engine.skip_scan([frozenset(pair) for pair in plan.pairs], progress)
     baseline = engine.baseline.answer_logprob
     single_damage = baseline - singles.ablated_logprob  # [L, S]
     joint_damage = np.stack([baseline - scores.answer_logprob for scores in joint])  # [P, S]

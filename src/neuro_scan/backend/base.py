@@ -129,6 +129,8 @@ class Backend(Protocol):
         capture: bool | Collection[int] = False,
         repeat: tuple[int, int] | None = None,
         interventions: Mapping[Target, Intervention] | None = None,
+        stop_layer: int | None = None,
+        capture_device: torch.device | None = None,
     ) -> list[torch.Tensor | None]:
         """Run the model on ``batch`` and return residual streams ([B, T, d] each).
 
@@ -146,6 +148,10 @@ class Backend(Protocol):
         """
         ...
 
+    def layer_device(self, layer: int) -> torch.device:
+        """Where decoder layer ``layer`` computes (with a device map, layers are on several devices)."""
+        ...
+
     def target_means(self, batch: TokenBatch, targets: Sequence[Target]) -> dict[Target, tuple[torch.Tensor, int]]:
         """For mean ablation: per target, the sum over the batch's real tokens of what the target
         contributes (see :class:`Intervention`) and the number of tokens summed."""
@@ -158,8 +164,6 @@ class Backend(Protocol):
 
     def reduce_attention(self, batch: TokenBatch, reduce: Callable[[int, torch.Tensor], object]) -> list:
         """``[reduce(layer, weights) for each layer]``, where ``weights`` are the layer's attention
-        stop_layer: int | None = None,
-        capture_device: torch.device | None = None,
         probabilities ([B, heads, T, T], float32). Each layer's weights are handed over as soon as
         they exist and dropped before the next layer runs: memory holds one layer's weights (the
         caller bounds B x heads x T^2), never all L layers' at once."""
@@ -171,10 +175,6 @@ class Backend(Protocol):
         With ``differentiable`` gradients flow back to ``hidden`` (the tuned lens trains through
         the frozen model); the model's own parameters never require or receive a gradient.
         """
-        ...
-
-    def layer_device(self, layer: int) -> torch.device:
-        """Where decoder layer ``layer`` computes (with a device map, layers are on several devices)."""
         ...
 
     def unembedding_sha256(self) -> str:
