@@ -4,7 +4,7 @@ and rows of the Hub dataset, as one typed :class:`Report`. The one reader: ``com
 
 Formats: each kind of document has its own tag, ``neuro-scan-<kind>/1`` (:data:`FORMATS`); the
 documents written before the tags all say ``neuro-scan-report/1`` and are read by their
-``command``. A document without ``format`` is the reference tool's report.json (the counterpart
+``command`` (comparisons had no tag then). A document without ``format`` is the reference tool's report.json (the counterpart
 of our ``map``), or a row of the Hub dataset: its list and object fields may hold JSON-encoded
 strings, and its model may be named ``model_id``.
 
@@ -242,8 +242,8 @@ def _read(data: object, source: str) -> Report:
 
 def _kind_and_flavour(data: dict) -> tuple[str, str]:
     fmt = data.get("format")
-    if fmt is None:
-        return "map", REFERENCE
+    if fmt is None:  # the reference's report; or one of our comparisons, which had no tag before the tags per kind
+        return ("comparison", LEGACY_FORMAT) if data.get("command") == "compare" else ("map", REFERENCE)
     if fmt == LEGACY_FORMAT:
         kind = _LEGACY_KINDS.get(data.get("command"))
         if kind is None:
