@@ -27,26 +27,26 @@ import numpy as np
 import pytest
 import torch
 
+from neuro_scan import events
 from neuro_scan.analysis import lens as lens_module
 from neuro_scan.analysis.attention import attention_blocks, attention_bytes, rows_per_forward, run_attention
 from neuro_scan.backend.loading import demo_model_dir
 from neuro_scan.backend.transformers import TransformersBackend
-from neuro_scan.engine import Engine
-from neuro_scan import events
 from neuro_scan.commands import MapOptions
-from neuro_scan.runner import run
-
-
-def run_map(options: MapOptions, sink: events.EventSink = events.ignore) -> tuple[dict, list]:
-    outcome = run("map", options, sink)
-    return outcome.document, outcome.written
+from neuro_scan.engine import Engine
 from neuro_scan.probes import Probe, Sample
+from neuro_scan.runner import run
 from tiny_models import tiny_model, tiny_tokenizer
 
 HEADROOM_MIB = 768
 PROBE = Probe("tiny", "", (Sample("abcdefg", "h"), Sample("hello wor", "ld"), Sample("xyz", "w"),
                            Sample("a longer prompt than the others", "!")))
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+
+
+def run_map(options: MapOptions, sink: events.EventSink = events.ignore) -> tuple[dict, list]:
+    outcome = run("map", options, sink)
+    return outcome.document, outcome.written
 
 
 def long_probe(folder: Path, tokens: int, rows: int) -> Path:
