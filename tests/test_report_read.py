@@ -224,8 +224,8 @@ def test_a_map_written_while_it_runs_is_its_report_alone(runs):
     data = document(runs, "map/report.json")
     done = map_report.files_of(data)
     assert set(done.tables) == {"ablation.csv"} and done.dashboard
-    assert set(done.figures) == {"ablation.html", "logit_lens.html", "entropy_profile.html", "attention.html"}
+    assert {"ablation.html", "logit_lens.html", "entropy_profile.html", "attention.html"} <= set(done.figures)
     running = map_report.files_of({**data, "phases": {**data["phases"], "attention": {"status": "pending"}}})
     assert (set(running.documents), running.tables, running.figures, running.dashboard) == ({"report.json"}, {}, {}, False)
     failed = map_report.files_of({**data, "phases": {**data["phases"], "attention": {"status": "failed", "error": "E"}}})
-    assert "attention.html" not in failed.figures and failed.failed_phases == {"attention": "E"}
+    assert set(failed.figures) == set(done.figures) - {"attention.html"} and failed.failed_phases == {"attention": "E"}
