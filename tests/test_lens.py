@@ -102,20 +102,12 @@ def test_identity_translator_reads_the_same_as_the_logit_lens():
         np.testing.assert_array_equal(a.kl_to_final_bits, b.kl_to_final_bits)
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_llama_lens")
-    tiny_model("llama").save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
-
-
-def test_logit_lens_command_writes_its_reports_and_honours_top_tokens(tiny_model_dir, tmp_path):
+def test_logit_lens_command_writes_its_reports_and_honours_top_tokens(tiny_model_folder, tmp_path):
     probe = tmp_path / "probe.json"
     probe.write_text(json.dumps({"name": "tiny", "samples": [{"prompt": s.prompt, "answer": s.answer}
                                                              for s in PROBE.samples]}))
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["logit-lens", "--model", str(tiny_model_dir), "--custom-probe", str(probe),
+    result = CliRunner().invoke(app, ["logit-lens", "--model", str(tiny_model_folder), "--custom-probe", str(probe),
                                       "--top-tokens", "7", "--output", str(out)])
     assert result.exit_code == 0, result.output
     for name in ("logit_lens.json", "logit_lens.html", "entropy_profile.html", "plotly.min.js"):
@@ -135,7 +127,7 @@ def test_logit_lens_command_writes_its_reports_and_honours_top_tokens(tiny_model
     assert "cdn.plot.ly" not in (out / "entropy_profile.html").read_text()
 
 
-def test_bad_top_k_is_a_usage_error(tiny_model_dir, tmp_path):
-    result = CliRunner().invoke(app, ["logit-lens", "--model", str(tiny_model_dir), "--top-k", "0",
+def test_bad_top_k_is_a_usage_error(tiny_model_folder, tmp_path):
+    result = CliRunner().invoke(app, ["logit-lens", "--model", str(tiny_model_folder), "--top-k", "0",
                                       "--output", str(tmp_path / "out")])
     assert result.exit_code == 2 and "--top-k" in result.output

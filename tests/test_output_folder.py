@@ -147,20 +147,10 @@ def copy_of(folder: Path, target: Path) -> Path:
 UNWRITABLE = ["afile/sub", "/proc/x", "/sys/kernel/x"]
 
 
-@pytest.fixture
-def model_loading_forbidden(monkeypatch):
-    import neuro_scan.backend.loading as loading
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("the model was loaded: the output folder should have been rejected first")
-
-    monkeypatch.setattr(loading, "load_model", forbidden)
-
-
 @pytest.mark.parametrize("command", ["map", "compare"])
 @pytest.mark.parametrize("output", UNWRITABLE)
 def test_an_output_folder_that_cannot_be_made_fails_before_any_work(command, output, demo_maps, tmp_path,
-                                                                     model_loading_forbidden, monkeypatch):
+                                                                     no_model_loading, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("keep me\n")
     args = (["map", "--model", "demo", "--probe", "arith"] if command == "map"
@@ -173,7 +163,7 @@ def test_an_output_folder_that_cannot_be_made_fails_before_any_work(command, out
     assert (tmp_path / "afile").read_text() == "keep me\n" and sorted(os.listdir(tmp_path)) == ["afile"]
 
 
-def test_calibrate_checks_the_lens_files_folder_before_loading(tmp_path, model_loading_forbidden):
+def test_calibrate_checks_the_lens_files_folder_before_loading(tmp_path, no_model_loading):
     (tmp_path / "afile").write_text("")
     lens = tmp_path / "afile" / "sub" / "lens.safetensors"
     rc, stdout, stderr = cli(["calibrate", "--model", "demo", "-o", str(lens)])
@@ -192,7 +182,7 @@ def test_a_run_that_fails_removes_the_folders_it_made(tmp_path):
 # ------------------------------------------------------------------------------ 7: one run at a time
 
 
-def test_a_folder_held_by_another_run_is_refused_before_loading(demo_maps, tmp_path, model_loading_forbidden):
+def test_a_folder_held_by_another_run_is_refused_before_loading(demo_maps, tmp_path, no_model_loading):
     folder = copy_of(demo_maps["facts"], tmp_path / "results")
     before = {name: (folder / name).read_bytes() for name in visible(folder)}
     holder = subprocess.Popen(

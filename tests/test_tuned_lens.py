@@ -198,30 +198,12 @@ def test_a_corpus_too_short_to_split_is_refused():
 # ---------------------------------------------------------------------------------------- CLI
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny_llama_tuned")
-    tiny_model("llama").save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture
-def model_loading_forbidden(monkeypatch):
-    import neuro_scan.backend.loading as loading
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("the input should have been rejected before loading the model")
-
-    monkeypatch.setattr(loading, "load_model", forbidden)
-
-
-def test_calibrate_then_read_probes_through_the_lens(tiny_model_dir, tmp_path):
+def test_calibrate_then_read_probes_through_the_lens(tiny_model_folder, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT)
     lens_path = tmp_path / "lenses" / "tiny.safetensors"
     runner = CliRunner()
-    result = runner.invoke(app, ["calibrate", "--model", str(tiny_model_dir), "--corpus", str(corpus), "--steps", "2",
+    result = runner.invoke(app, ["calibrate", "--model", str(tiny_model_folder), "--corpus", str(corpus), "--steps", "2",
                                  "--tokens-per-step", "128", "--heldout-tokens", "128", "--output", str(lens_path)])
     assert result.exit_code == 0, result.output
     assert lens_path.is_file() and "tuned lens KL" in result.output and "MiB" in result.output
@@ -233,7 +215,7 @@ def test_calibrate_then_read_probes_through_the_lens(tiny_model_dir, tmp_path):
                                                              {"prompt": "hello wor", "answer": "ld"}]}))
     for command, report_name in (("logit-lens", "logit_lens.json"), ("map", "report.json")):
         out = tmp_path / command
-        result = runner.invoke(app, [command, "--model", str(tiny_model_dir), "--custom-probe", str(probe),
+        result = runner.invoke(app, [command, "--model", str(tiny_model_folder), "--custom-probe", str(probe),
                                      "--tuned-lens", str(lens_path), "--output", str(out)])
         assert result.exit_code == 0, result.output
         report = json.loads((out / report_name).read_text())
@@ -251,18 +233,18 @@ def test_calibrate_then_read_probes_through_the_lens(tiny_model_dir, tmp_path):
     (["logit-lens", "--tuned-lens", "{tmp}/missing.safetensors"], ["--tuned-lens", "no such file"]),
     (["map", "--tuned-lens", "{tmp}/bad.jsonl"], ["--tuned-lens", "not a safetensors file"]),
 ])
-def test_bad_input_is_refused_before_the_model_is_loaded(tiny_model_dir, tmp_path, model_loading_forbidden,
+def test_bad_input_is_refused_before_the_model_is_loaded(tiny_model_folder, tmp_path, no_model_loading,
                                                          args, fragments):
     (tmp_path / "bad.jsonl").write_text("{oops")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    result = CliRunner().invoke(app, [*args, "--model", str(tiny_model_dir)])
+    result = CliRunner().invoke(app, [*args, "--model", str(tiny_model_folder)])
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     for fragment in fragments:
         assert fragment in result.stderr
 
 
-def test_a_lens_for_another_model_is_refused_by_the_cli(trained, tiny_model_dir, tmp_path):
+def test_a_lens_for_another_model_is_refused_by_the_cli(trained, tiny_model_folder, tmp_path):
     _backend, _calibration, path = trained  # trained on tiny_model("llama", seed=0): same weights as the folder's
     other = tmp_path / "other"
     tiny_model("llama", seed=1).save_pretrained(other)
