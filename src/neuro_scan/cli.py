@@ -176,22 +176,10 @@ def probes_command(verbose: Verbose = False) -> None:
 
 
 def _print_fetched(fetched) -> None:
-    info = fetched.report.info
-    out.print(f"[bold]{escape(info.model)}[/bold] · probe [bold]{escape(info.probe or '?')}[/bold] · "
-              f"{info.total_layers} layers · scanned {escape(info.created_at or 'on an unrecorded date')} "
-              f"by {escape(info.made_by)}")
-    out.print(f"from {escape(fetched.repo)}: {escape(fetched.path)}", highlight=False)
-    if info.baseline_score is not None:
-        stderr = f" ± {info.baseline_stderr:.3f} (standard error)" if info.baseline_stderr is not None else ""
-        out.print(f"baseline score: {info.baseline_score:.3f}{stderr}")
-    table = Table("top layer", "damage (score_delta)", "label")
-    for top in info.top_layers:
-        table.add_row(str(top.layer), "n/a" if top.score_delta is None else f"{top.score_delta:.4f}", escape(top.label or ""))
-    out.print(table)
-    runs = [f"{first}{'' if first == last else f'-{last}'} {label}" for first, last, label in info.label_runs()]
-    out.print("labels: " + escape(" · ".join(runs) or "none"), highlight=False)
-    if fetched.saved_to is not None:
-        out.print(f"wrote {fetched.saved_to}")
+    from neuro_scan.hub.fetch import summary
+
+    for part in summary(fetched):
+        out.print(part, highlight=False) if isinstance(part, str) else out.print(part)
 
 
 @app.command("fetch")
