@@ -51,6 +51,7 @@ from neuro_scan.stream_cache import (
 )
 
 Progress = Callable[[float], None]
+Scored = Callable[[int, "SampleScores"], None]  # (configuration index, its scores), as each is scored
 
 
 @dataclass
@@ -88,12 +89,10 @@ class Engine:
         layers = self.num_layers
         self.keep_every = keep_every or baseline_spacing(layers, self.boundary_bytes, cache_memory)
         kept = every_kth(self.keep_every, layers, self.keep_every)
-        need = bytes_on((backend.layer_device(boundary - 1) for boundary in kept), self.boundary_bytes)
-        self.cache_device = cache_device(need, free_memory)
-        self._cache = StreamCache(kept, from_embeddings=True)
+        self._cache = StreamCache(kept, from_embeddings=True, device=self._placement(kept))
         finals = []
         for block in self.blocks:
-            streams = backend.run(block.batch, capture=kept, capture_device=self.cache_device)
+            streams = backend.run(block.batch, capture=kept, capture_device=self._cache.device)
             self._cache.streams.append({boundary: streams[boundary] for boundary in kept})
             finals.append(gather_pairs(streams[layers], self.plan, block.rows, block.pairs)[0])
         self.baseline: SampleScores = score_logits(self.plan, self.backend.unembed(torch.cat(finals)))
@@ -124,7 +123,8 @@ class Engine:
         """The baseline's residual stream of one row block at one boundary ([rows, T, d])."""
         return self._streams_at(boundary)[next(i for i, b in enumerate(self.blocks) if b is block)]
 
-    def skip_scan(self, configurations: Sequence[frozenset[int]], progress: Progress | None = None) -> list[SampleScores]:
+    def skip_scan(self, configurations: Sequence[frozenset[int]], progress: Progress | None = None,
+                  on_scored: Scored | None = None) -> list[SampleScores]:
         """Scores with each set of whole layers skipped, in the order given.
 
         Pairs {i, j}, i < j, that share their i resume after j from the run with i skipped (with
@@ -139,15 +139,17 @@ class Engine:
             scores = self._pairs_after(first, [max(configurations[index]) for index in members], progress) or []
             for index, score in zip(members, scores):
                 results[index] = score
+                if on_scored:
+                    on_scored(index, score)
         rest = [index for index, score in enumerate(results) if score is None]
         scores = self.ablation_scan([frozenset(Target(layer) for layer in configurations[index]) for index in rest],
-                                    "zero", progress)
+                                    "zero", progress, None if on_scored is None else lambda i, sc: on_scored(rest[i], sc))
         for index, score in zip(rest, scores):
             results[index] = score
         return results  # type: ignore[return-value]  (every configuration is scored)
 
     def ablation_scan(self, configurations: Sequence[frozenset[Target]], ablation: str = "zero",
-                      progress: Progress | None = None) -> list[SampleScores]:
+                      progress: Progress | None = None, on_scored: Scored | None = None) -> list[SampleScores]:
         """Scores with each set of targets removed (``ablation``: zero or mean), in the order given.
 
         Each configuration resumes from the baseline's cached stream at its first changed layer
@@ -158,7 +160,7 @@ class Engine:
             raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
         if ablation == "mean":
             self._ensure_means(set().union(*configurations))
-        return self._scan(self._cache, configurations, ablation, progress)
+        return self._scan(self._cache, configurations, ablation, progress, on_scored)
 
     def repeat_scan(self, blocks: Sequence[tuple[int, int]], progress: Progress | None = None) -> list[SampleScores]:
         """Scores with each block of layers ``first..stop-1`` run twice (layer duplication: execution
@@ -191,21 +193,28 @@ class Engine:
     # -- resuming ---------------------------------------------------------------------------------
 
     def _scan(self, cache: StreamCache, configurations: Sequence[frozenset[Target]], ablation: str,
-              progress: Progress | None) -> list[SampleScores]:
-        """Scores of each configuration run from ``cache`` (which holds a run with none of their targets)."""
+              progress: Progress | None, on_scored: Scored | None = None) -> list[SampleScores]:
+        """Scores of each configuration run from ``cache`` (which holds a run with none of their targets);
+        ``on_scored(index, scores)`` as soon as a configuration has been run on every row block."""
         order = sorted(range(len(configurations)), key=lambda i: self._entry(cache, configurations[i], ablation))
         hidden: list[list[torch.Tensor]] = [[] for _ in configurations]
+        scored: list[SampleScores | None] = [None] * len(configurations)
         for index, block in enumerate(self.blocks):
             per_forward = max(1, self.batch_size // (block.rows.stop - block.rows.start))
             for chunk_start in range(0, len(order), per_forward):
                 chunk = order[chunk_start : chunk_start + per_forward]
-                final = self._run_chunk(index, cache, [configurations[i] for i in chunk], ablation)[0]
+                final = self._run_chunk(index, cache, [configurations[i] for i in chunk], ablation)
                 copies = gather_pairs(final, self.plan, block.rows, block.pairs, copies=len(chunk))
                 for position, config_index in enumerate(chunk):
                     hidden[config_index].append(copies[position])
+                    if len(hidden[config_index]) == len(self.blocks):  # every row block done: score it now
+                        scored[config_index] = score_logits(self.plan, self.backend.unembed(torch.cat(hidden[config_index])))
+                        hidden[config_index] = []
+                        if on_scored:
+                            on_scored(config_index, scored[config_index])
                 if progress:
                     progress(len(chunk) / len(self.blocks))
-        return [score_logits(self.plan, self.backend.unembed(torch.cat(parts))) for parts in hidden]
+        return scored
 
     def _entry(self, cache: StreamCache, configuration: frozenset[Target], ablation: str) -> int:
         """The layer a configuration's run starts at: after its lowest target when that is a whole
@@ -217,12 +226,12 @@ class Engine:
         return cache.floor(lowest)
 
     def _run_chunk(self, index: int, cache: StreamCache, configs: list[frozenset[Target]], ablation: str,
-                   capture: Sequence[int] = (), stop: int | None = None) -> list[torch.Tensor | None]:
+                   into: StreamCache | None = None) -> torch.Tensor | None:
         """One forward of row block ``index`` for several configurations stacked along the batch,
         from the lowest entry among them; a configuration whose skipped layer is the one just before
         that entry starts from the stream before it (the skipped layer passes it through). Returns
-        the stream at ``stop`` (default L) alone, or with ``capture`` every stream indexed by boundary
-        (those at ``capture`` and ``stop``; None elsewhere)."""
+        the final stream, or, with ``into``, runs up to the last boundary ``into`` holds and adds
+        this block's streams at its boundaries to it."""
         block = self.blocks[index]
         start = min(self._entry(cache, c, ablation) for c in configs)
         if not (cache.holds(start) or (start == 0 and cache.from_embeddings)):
@@ -243,10 +252,13 @@ class Engine:
             else:
                 interventions[target] = Intervention(rows=rows, value=None if ablation == "zero" else self._means[target])
         batch = block.batch.repeat(len(configs)) if len(configs) > 1 else block.batch
+        if into is None:
+            return self.backend.run(batch, skip=skips, start_layer=start, start_stream=stream,
+                                    interventions=interventions)[0]
         streams = self.backend.run(batch, skip=skips, start_layer=start, start_stream=stream, interventions=interventions,
-                                   capture=list(capture) or False, stop_layer=stop,
-                                   capture_device=self.cache_device if capture else None)
-        return streams
+                                   capture=into.boundaries, stop_layer=into.boundaries[-1], capture_device=into.device)
+        into.streams.append({boundary: streams[boundary] for boundary in into.boundaries})
+        return None
 
     def _pairs_after(self, first: int, seconds: list[int], progress: Progress | None) -> list[SampleScores] | None:
         """Pairs (first, j) for each j in ``seconds``, resumed after j from the run with ``first``
@@ -257,7 +269,8 @@ class Engine:
         L-1-j layer passes instead of the L-1-i of resuming after i from the baseline. That pays when
         the pairs reach further than the cached run: when the sum of their (j - i) exceeds (last j -
         i). The run's cache keeps every K-th boundary from i+1, within what ``cache_memory`` leaves
-        beside the baseline's."""
+        beside the baseline's (without a budget it may take as much as the baseline's: the peak is
+        then up to twice the baseline's cache), on the CPU when an accelerator is short of memory."""
         last = max(seconds)
         if sum(j - first for j in seconds) <= last - first:
             return None
@@ -266,12 +279,10 @@ class Engine:
                                  smallest=self.keep_every if budget is None else 1)
         if spacing is None:
             return None
-        skipped = StreamCache(every_kth(first + 1, last, spacing), from_embeddings=False)
-        alone = [frozenset({Target(first)})]
+        boundaries = every_kth(first + 1, last, spacing)
+        skipped = StreamCache(boundaries, from_embeddings=False, device=self._placement(boundaries))
         for index in range(len(self.blocks)):
-            streams = self._run_chunk(index, self._cache, alone, "zero", capture=skipped.boundaries,
-                                      stop=skipped.boundaries[-1])
-            skipped.streams.append({boundary: streams[boundary] for boundary in skipped.boundaries})
+            self._run_chunk(index, self._cache, [frozenset({Target(first)})], "zero", into=skipped)
         return self._scan(skipped, [frozenset({Target(j)}) for j in seconds], "zero", progress)
 
     def _streams_at(self, boundary: int) -> list[torch.Tensor]:
@@ -289,9 +300,15 @@ class Engine:
             starts = [self._cache.stream(index, start) for index in range(len(self.blocks))]
         self._cursor = None  # its memory is free before the next is made
         streams = [self.backend.run(block.batch, start_layer=start, start_stream=stream, stop_layer=boundary,
-                                    capture_device=self.cache_device)[0] for block, stream in zip(self.blocks, starts)]
+                                    capture_device=self._cache.device)[0] for block, stream in zip(self.blocks, starts)]
         self._cursor = (boundary, streams)
         return streams
+
+    def _placement(self, boundaries: Sequence[int]) -> torch.device | None:
+        """Where to keep streams at these boundaries: where their layers make them (None), or on the
+        CPU when an accelerator has too little free memory for them now."""
+        made_on = (self.backend.layer_device(boundary - 1) for boundary in boundaries)
+        return cache_device(bytes_on(made_on, self.boundary_bytes), free_memory)
 
     def _ensure_means(self, targets: set[Target]) -> None:
         """Mean over the probe's real tokens of what each target contributes, from the baseline run."""

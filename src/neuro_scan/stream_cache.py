@@ -33,6 +33,7 @@ class StreamCache:
 
     boundaries: list[int]  # held, ascending
     from_embeddings: bool  # a run of the unchanged model: boundary 0 is at hand as the token ids
+    device: torch.device | None = None  # where the streams are kept (None: where their layers made them)
     streams: list[dict[int, torch.Tensor]] = field(default_factory=list)  # per block: boundary -> [rows, T, d]
 
     def holds(self, boundary: int) -> bool:
