@@ -8,12 +8,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from neuro_scan.analysis.ablation import ablation_result, run_ablation
 from neuro_scan.analysis.circuit import (PairInteraction, layer_similarity, plan_pairs, run_circuit, stored_singles)
 from neuro_scan.backend.transformers import TransformersBackend
-from neuro_scan.cli import app
 from neuro_scan.engine import Engine
 from neuro_scan.errors import UsageError
 from neuro_scan.scoring import Interval, SampleScores
@@ -162,27 +160,21 @@ def test_stored_scan_is_reused_only_for_the_same_samples(tmp_path):
 # ------------------------------------------------------------------------------------------ CLI
 
 
-def invoke(args: list[str]):
-    result = CliRunner().invoke(app, args)
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result
-
-
 def flat(text: str) -> str:
     """The console wraps long lines: compare text with whitespace runs collapsed."""
     return " ".join(text.split())
 
 
-def test_circuit_cli_reuses_a_map_in_the_same_folder(tmp_path):
+def test_circuit_cli_reuses_a_map_in_the_same_folder(cli, tmp_path):
     out = tmp_path / "out"
-    fresh = invoke(["circuit", "--model", "demo", "--probe", "arith", "--max-samples", "12", "--strategy", "exhaustive",
-                    "-o", str(out)])
+    fresh = cli(["circuit", "--model", "demo", "--probe", "arith", "--max-samples", "12", "--strategy", "exhaustive",
+                 "-o", str(out)])
     assert fresh.exit_code == 0, fresh.output
     assert "6 pair evaluations on 12 samples; single-layer scan computed" in flat(fresh.output)
     computed = json.loads((out / "circuit.json").read_text())
-    assert invoke(["ablate", "--model", "demo", "--probe", "arith", "--max-samples", "12", "-o", str(out)]).exit_code == 0
-    again = invoke(["circuit", "--model", "demo", "--probe", "arith", "--max-samples", "12", "--strategy", "exhaustive",
-                    "-o", str(out)])
+    assert cli(["ablate", "--model", "demo", "--probe", "arith", "--max-samples", "12", "-o", str(out)]).exit_code == 0
+    again = cli(["circuit", "--model", "demo", "--probe", "arith", "--max-samples", "12", "--strategy", "exhaustive",
+                 "-o", str(out)])
     assert again.exit_code == 0, again.output
     assert f"single-layer scan reused from {out / 'ablation.json'}" in flat(again.output)
     reused = json.loads((out / "circuit.json").read_text())
@@ -190,14 +182,14 @@ def test_circuit_cli_reuses_a_map_in_the_same_folder(tmp_path):
         assert a["interaction_effect"] == pytest.approx(b["interaction_effect"], abs=1e-5)
         assert a["interaction_type"] == b["interaction_type"]
     # another sample set: not reused
-    other = invoke(["circuit", "--model", "demo", "--probe", "arith", "--max-samples", "10", "-o", str(out)])
+    other = cli(["circuit", "--model", "demo", "--probe", "arith", "--max-samples", "10", "-o", str(out)])
     assert "single-layer scan computed" in flat(other.output)
 
 
-def test_circuit_outputs(tmp_path):
+def test_circuit_outputs(cli, tmp_path):
     out = tmp_path / "out"
-    result = invoke(["circuit", "--model", "demo", "--probe", "facts", "--max-samples", "8", "--strategy", "thorough",
-                     "--top-k-pairs", "2", "-o", str(out)])
+    result = cli(["circuit", "--model", "demo", "--probe", "facts", "--max-samples", "8", "--strategy", "thorough",
+                  "--top-k-pairs", "2", "-o", str(out)])
     assert result.exit_code == 0, result.output
     text = (out / "circuit.json").read_text()
     report = json.loads(text, parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c}"))
@@ -223,11 +215,8 @@ def test_circuit_outputs(tmp_path):
     (["--strategy", "quick"], "--strategy: 'quick' is not one of fast, thorough, exhaustive"),
     (["--top-k-pairs", "0"], "--top-k-pairs: must be a whole number >= 1, got 0"),
 ])
-def test_circuit_option_errors_come_before_loading(args, fragment, tmp_path, monkeypatch):
-    import neuro_scan.backend.loading as loading
-
-    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
-    result = invoke(["circuit", "--model", "demo", "-o", str(tmp_path / "out"), *args])
+def test_circuit_option_errors_come_before_loading(cli, no_model_loading, args, fragment, tmp_path):
+    result = cli(["circuit", "--model", "demo", "-o", str(tmp_path / "out"), *args])
     assert result.exit_code == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and fragment in lines[0], result.output

@@ -12,10 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from neuro_scan.analysis.compare import compare, pearson, profile_from_report, spearman
-from neuro_scan.cli import app
 from neuro_scan.errors import UsageError
 
 GEMMA_CACHE = Path.home() / ".cache" / "neuro-scan"
@@ -42,12 +40,6 @@ def strict_json(path: Path) -> dict:
 def write(path: Path, data) -> str:
     path.write_text(json.dumps(data) if not isinstance(data, str) else data)
     return str(path)
-
-
-def invoke(args: list[str]):
-    result = CliRunner().invoke(app, args)
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -86,11 +78,11 @@ def test_shared_reasoning_layers_use_relative_depth_and_tolerance():
 # ----------------------------------------------------------------------------------- the command
 
 
-def test_flat_profile_and_duplicate_names_give_valid_json(tmp_path):
+def test_flat_profile_and_duplicate_names_give_valid_json(cli, tmp_path):
     files = [write(tmp_path / "x.json", reference_report("same-model", [0.0] * 6)),
              write(tmp_path / "y.json", reference_report("same-model", [0.1, 0.5, 0.2, 0.0, 0.3, 0.1])),
              write(tmp_path / "z.json", reference_report("other", [0.4, 0.6, 0.3, 0.3, 0.5, 0.4, 0.2, 0.3]))]
-    result = invoke(["compare", *files, "-o", str(tmp_path / "out")])
+    result = cli(["compare", *files, "-o", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     report = strict_json(tmp_path / "out" / "comparison.json")
     names = report["names"]
@@ -111,21 +103,21 @@ def test_flat_profile_and_duplicate_names_give_valid_json(tmp_path):
     ({"model": "m", "ablation_results": [{"layer_idx": 0}]}, "numeric 'score_delta'"),
     ({"model": "m", "total_layers": 3, "ablation_results": [{"layer_idx": 0, "score_delta": 0.1}]}, "one entry per layer"),
 ])
-def test_a_file_that_is_not_a_report_is_a_one_line_error(content, why, tmp_path):
+def test_a_file_that_is_not_a_report_is_a_one_line_error(cli, content, why, tmp_path):
     good = write(tmp_path / "good.json", reference_report("m", [0.1, 0.2, 0.3]))
     bad = write(tmp_path / "bad.json", content)
-    result = invoke(["compare", good, bad, "-o", str(tmp_path / "out")])
+    result = cli(["compare", good, bad, "-o", str(tmp_path / "out")])
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert lines[0].startswith(f"error: {bad}: not a neuro-scan report") and why in lines[0]
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_file_and_too_few_files(tmp_path):
+def test_missing_file_and_too_few_files(cli, tmp_path):
     good = write(tmp_path / "good.json", reference_report("m", [0.1, 0.2, 0.3]))
-    missing = invoke(["compare", good, str(tmp_path / "nope.json")])
+    missing = cli(["compare", good, str(tmp_path / "nope.json")])
     assert missing.exit_code == 2 and f"{tmp_path / 'nope.json'}: no such report file" in missing.stderr
-    one = invoke(["compare", good])
+    one = cli(["compare", good])
     assert one.exit_code == 2 and "give two or more report files" in one.stderr
 
 
@@ -149,13 +141,13 @@ def test_compare_imports_no_torch(tmp_path):
     assert run.returncode == 0, run.stderr
 
 
-def test_our_reports_compare(tmp_path):
+def test_our_reports_compare(cli, tmp_path):
     """Reports written by our own map and ablate (the demo model, two probes)."""
     for probe, command in (("arith", "map"), ("facts", "ablate")):
-        result = invoke([command, "--model", "demo", "--probe", probe, "--max-samples", "8", "-o", str(tmp_path / probe)])
+        result = cli([command, "--model", "demo", "--probe", probe, "--max-samples", "8", "-o", str(tmp_path / probe)])
         assert result.exit_code == 0, result.output
-    result = invoke(["compare", str(tmp_path / "arith" / "report.json"), str(tmp_path / "facts" / "ablation.json"),
-                     "-o", str(tmp_path / "out")])
+    result = cli(["compare", str(tmp_path / "arith" / "report.json"), str(tmp_path / "facts" / "ablation.json"),
+                  "-o", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     report = strict_json(tmp_path / "out" / "comparison.json")
     arith, facts = report["models"]
@@ -179,7 +171,7 @@ def gemma_gguf() -> Path:
 
 
 @pytest.mark.slow
-def test_two_real_models_of_different_depth(smollm2_backend, tmp_path, monkeypatch):
+def test_two_real_models_of_different_depth(cli, smollm2_backend, tmp_path, monkeypatch):
     """SmolLM2-135M (llama, 30 layers) and Gemma-3-270m (gemma3_text, 18 layers), mapped by our own CLI
     on the same 6 capitals, then compared."""
     import neuro_scan.backend.transformers as transformers_backend
@@ -194,11 +186,11 @@ def test_two_real_models_of_different_depth(smollm2_backend, tmp_path, monkeypat
     gemma = str(gemma_gguf())
     reports = []
     for name, model in (("smollm2", smollm2), ("gemma", gemma)):
-        result = invoke(["map", "--model", model, "--custom-probe", str(CAPITALS), "--max-samples", "6",
-                         "-o", str(tmp_path / name)])
+        result = cli(["map", "--model", model, "--custom-probe", str(CAPITALS), "--max-samples", "6",
+                      "-o", str(tmp_path / name)])
         assert result.exit_code == 0, result.output
         reports.append(str(tmp_path / name / "report.json"))
-    result = invoke(["compare", *reports, "-o", str(tmp_path / "out")])
+    result = cli(["compare", *reports, "-o", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     report = strict_json(tmp_path / "out" / "comparison.json")
     smol, gem = report["models"]

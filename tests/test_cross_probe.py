@@ -7,12 +7,10 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from neuro_scan.analysis.ablation import ablation_result, run_ablation
 from neuro_scan.analysis.cross_probe import ProbeAblation, run_cross_probe, summarize
 from neuro_scan.backend.transformers import TransformersBackend
-from neuro_scan.cli import app
 from neuro_scan.engine import Engine
 from neuro_scan.probes import Probe, Sample
 from neuro_scan.scoring import SampleScores
@@ -62,20 +60,14 @@ def test_each_probe_equals_its_own_scan():
         np.testing.assert_allclose(entry.ablation.baseline_logprob, alone.baseline_logprob, atol=1e-4)
 
 
-def invoke(args: list[str]):
-    result = CliRunner().invoke(app, args)
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result
-
-
-def test_cross_probe_cli_with_a_builtin_and_a_custom_probe(tmp_path):
+def test_cross_probe_cli_with_a_builtin_and_a_custom_probe(cli, tmp_path):
     custom = tmp_path / "colours.json"
     custom.write_text(json.dumps({"name": "colours", "samples": [
         {"prompt": "mira is", "answer": " yellow."}, {"prompt": "tolan is", "answer": " orange."},
         {"prompt": "mira is", "answer": " yellow.", "choices": [" red.", " yellow."]}]}))
     out = tmp_path / "out"
-    result = invoke(["cross-probe", "--model", "demo", "--probes", f"arith, {custom}", "--max-samples", "6",
-                     "-o", str(out)])
+    result = cli(["cross-probe", "--model", "demo", "--probes", f"arith, {custom}", "--max-samples", "6",
+                  "-o", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "cross_probe.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     reference_keys = ["model", "probes", "total_layers", "universal_layers", "probe_specific_layers",
@@ -102,11 +94,8 @@ def test_cross_probe_cli_with_a_builtin_and_a_custom_probe(tmp_path):
     ("arith,nosuchprobe", "--probe: unknown probe 'nosuchprobe'"),
     ("arith,arith", "--probes: two of the probes are named 'arith'"),
 ])
-def test_cross_probe_errors_come_before_loading(probes, fragment, tmp_path, monkeypatch):
-    import neuro_scan.backend.loading as loading
-
-    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
-    result = invoke(["cross-probe", "--model", "demo", "--probes", probes, "-o", str(tmp_path / "out")])
+def test_cross_probe_errors_come_before_loading(cli, no_model_loading, probes, fragment, tmp_path):
+    result = cli(["cross-probe", "--model", "demo", "--probes", probes, "-o", str(tmp_path / "out")])
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and fragment in lines[0], result.output
     assert not (tmp_path / "out").exists()

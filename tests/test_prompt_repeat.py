@@ -8,12 +8,10 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from neuro_scan.analysis.prompt_repeat import (Condition, Match, Repetition, default_block_sizes, duplication_blocks,
                                                repeated_probe, run_prompt_repeat)
 from neuro_scan.backend.transformers import TransformersBackend
-from neuro_scan.cli import app
 from neuro_scan.engine import Engine
 from neuro_scan.scoring import Interval
 from test_backend import duplicate_block
@@ -89,16 +87,10 @@ def test_equivalence_curve_on_a_tiny_model():
         assert all(m.indistinguishable for m in repetition.indistinguishable)
 
 
-def invoke(args: list[str]):
-    result = CliRunner().invoke(app, args)
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result
-
-
-def test_prompt_repeat_cli(tmp_path):
+def test_prompt_repeat_cli(cli, tmp_path):
     out = tmp_path / "out"
-    result = invoke(["prompt-repeat", "--model", "demo", "--probe", "facts", "--max-samples", "6",
-                     "--repeat-counts", "1,2", "--dup-sizes", "1,3", "-o", str(out)])
+    result = cli(["prompt-repeat", "--model", "demo", "--probe", "facts", "--max-samples", "6",
+                  "--repeat-counts", "1,2", "--dup-sizes", "1,3", "-o", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "prompt_repeat.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert set(report["repeat_results"]) == {"1", "2"} and report["baseline_x1"] == report["repeat_results"]["1"]
@@ -115,17 +107,14 @@ def test_prompt_repeat_cli(tmp_path):
     (["--repeat-counts", "2,2"], "--repeat-counts: '2,2' lists a number twice"),
     (["--dup-sizes", "two"], "--dup-sizes: 'two' is not a comma-separated list"),
 ])
-def test_prompt_repeat_option_errors_come_before_loading(args, fragment, tmp_path, monkeypatch):
-    import neuro_scan.backend.loading as loading
-
-    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
-    result = invoke(["prompt-repeat", "--model", "demo", "-o", str(tmp_path / "out"), *args])
+def test_prompt_repeat_option_errors_come_before_loading(cli, no_model_loading, args, fragment, tmp_path):
+    result = cli(["prompt-repeat", "--model", "demo", "-o", str(tmp_path / "out"), *args])
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and fragment in lines[0], result.output
 
 
-def test_block_larger_than_the_model_is_an_error(tmp_path):
-    result = invoke(["prompt-repeat", "--model", "demo", "--dup-sizes", "1,5", "-o", str(tmp_path / "out")])
+def test_block_larger_than_the_model_is_an_error(cli, tmp_path):
+    result = cli(["prompt-repeat", "--model", "demo", "--dup-sizes", "1,5", "-o", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "--dup-sizes: a block of 5 layers does not fit in this model's 4 layers" in result.stderr
     assert not (tmp_path / "out").exists()
