@@ -1,6 +1,5 @@
 """The real `neuro-scan serve` process for the tests: started on 127.0.0.1 with a free port, in a
-process group of its own (its job workers inherit it), talked to over plain HTTP, stopped by
-SIGINT (as Ctrl-C) or killed with its workers."""
+session of its own, talked to over plain HTTP, stopped by SIGINT (as Ctrl-C) or killed."""
 
 from __future__ import annotations
 
@@ -135,11 +134,38 @@ class Server:
                 raise AssertionError("the server did not stop on SIGINT") from None
         self.process.stdout.close()
 
-    def kill(self) -> None:
-        """SIGKILL to the server and its workers (its process group), as a crash or power cut."""
+    def kill(self, *workers: int) -> None:
+        """SIGKILL to the server (a crash) and to the given worker pids (a power cut). Workers run
+        in sessions of their own: the others keep running."""
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.process.wait()
         self.process.stdout.close()
+
+
+def pause(pid: int) -> None:
+    """SIGSTOP a worker: it stays alive and does nothing until :func:`resume` (no race with its work)."""
+    os.kill(pid, signal.SIGSTOP)
+
+
+def resume(pid: int) -> None:
+    os.kill(pid, signal.SIGCONT)
+
+
+def wait_for_sigint(pid: int) -> None:
+    """Until SIGINT is pending for (paused) process ``pid``: it is then the first thing it meets on resuming."""
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        pending = re.search(r"ShdPnd:\s+([0-9a-f]+)", Path(f"/proc/{pid}/status").read_text())[1]
+        if int(pending, 16) & (1 << (signal.SIGINT - 1)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no SIGINT reached process {pid}")
+

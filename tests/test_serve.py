@@ -6,6 +6,7 @@ paths out of the results folder and requests without the token are refused."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +15,10 @@ import pytest
 
 pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install 'neuro-scan[serve]'")
 
-from serve_process import Server  # noqa: E402
+from serve_process import Server, pause, resume, wait_for_sigint
 
-from neuro_scan.report.read import read_report  # noqa: E402
-from neuro_scan.serve.settings import make_settings  # noqa: E402
+from neuro_scan.report.read import read_report
+from neuro_scan.serve.settings import make_settings
 
 DEMO = {"model": "demo", "probe": "arith"}
 LEFT_BEHIND = (".neuro-scan-tmp.", ".neuro-scan-commit.json", ".neuro-scan.lock", ".neuro-scan-part.")
@@ -74,7 +75,7 @@ def test_map_streams_each_layer_before_the_end_and_it_equals_the_report(server):
     assert kinds.count("Saved") >= 2
     finished = server.job(job["id"])
     assert finished["state"] == "finished" and finished["dashboard"] == f"jobs/{job['id']}/index.html"
-    status, headers, page = server.request("GET", f"/files/{finished['dashboard']}")
+    status, _headers, page = server.request("GET", f"/files/{finished['dashboard']}")
     assert status == 200 and b"plotly.min.js" in page
     status, _headers, document = server.request("GET", f"/api/jobs/{job['id']}/report")
     assert status == 200 and json.loads(document) == report
@@ -216,7 +217,17 @@ def test_compare_two_reports_as_the_cli_does(server, tmp_path):
     assert served == by_cli
 
 
+def started_ablation(server: Server, job: dict) -> None:
+    """Read the job's events until its ablation phase starts."""
+    for event in server.events(job["id"]):
+        if event["event"] == "PhaseStarted" and event["phase"] == "ablation":
+            return
+    raise AssertionError(f"job {job['id']} ended before its ablation")
+
+
 def test_a_restarted_server_tells_what_became_of_its_jobs(tmp_path):
+    """Killed server, worker alive: followed again. Both killed: interrupted. Ctrl-C: its jobs
+    are interrupted as the CLI's Ctrl-C does."""
     first = Server(tmp_path)
     try:
         done = first.start("ablate", **DEMO)
@@ -224,26 +235,48 @@ def test_a_restarted_server_tells_what_became_of_its_jobs(tmp_path):
         failed = first.start("ablate", model="no-such-org/no-such-model", probe="arith")
         failed_end = first.finish(failed["id"])[-1]
         assert failed_end["state"] == "failed" and failed_end["message"].startswith("--model: ")
-        killed = first.start("map", **DEMO, batch_size=4)
-        for event in first.events(killed["id"]):
-            if event["event"] == "PhaseStarted" and event["phase"] == "ablation":
-                break
+        orphan = first.start("ablate", **DEMO)
+        started_ablation(first, orphan)
+        pause(first.job(orphan["id"])["pid"])  # still running when the next server looks
     finally:
-        first.kill()  # the server and its worker, mid-run
+        first.kill()  # the server alone: its worker runs on
     second = Server(tmp_path)
     try:
-        states = {job["id"]: (job["state"], job["message"]) for job in second.json("GET", "/api/jobs")[1]}
+        assert second.job(orphan["id"])["state"] == "running"
+        resume(second.job(orphan["id"])["pid"])
+        assert second.finish(orphan["id"])[-1]["state"] == "finished"
+        assert second.job(orphan["id"])["state"] == "finished"
+        killed = second.start("ablate", **DEMO)
+        started_ablation(second, killed)
+        pause(second.job(killed["id"])["pid"])
+    finally:
+        second.kill(second.job(killed["id"])["pid"])  # the server and the worker
+    third = Server(tmp_path)
+    try:
+        states = {job["id"]: (job["state"], job["message"]) for job in third.json("GET", "/api/jobs")[1]}
         folder = tmp_path / "jobs" / killed["id"]
         assert states == {
             done["id"]: ("finished", None),
             failed["id"]: ("failed", failed_end["message"]),
+            orphan["id"]: ("finished", None),
             killed["id"]: ("interrupted", f"interrupted: the server stopped while it ran; nothing was written to {folder}"),
         }
-        assert second.finish(killed["id"])[-1]["state"] == "interrupted"
+        assert third.finish(killed["id"])[-1]["state"] == "interrupted"
         assert_whole(folder)
         assert {path.name for path in folder.iterdir()} == SERVER_FILES
+        stopped = third.start("ablate", **DEMO)
+        started_ablation(third, stopped)
+        worker = third.job(stopped["id"])["pid"]
+        pause(worker)
+        third.process.send_signal(signal.SIGINT)  # Ctrl-C: the server interrupts its job, once
+        wait_for_sigint(worker)
+        resume(worker)
     finally:
-        second.stop()
+        third.stop()
+    record = json.loads((tmp_path / "jobs" / stopped["id"] / "job.json").read_text())
+    folder = tmp_path / "jobs" / stopped["id"]
+    assert (record["state"], record["message"]) == (
+        "interrupted", f"interrupted: neuro-scan ablate stopped; nothing was written to {folder}")
 
 
 def test_with_a_token_every_request_needs_it(tmp_path):

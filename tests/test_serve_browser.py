@@ -16,9 +16,9 @@ import pytest
 pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install 'neuro-scan[serve]'")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the dev extra)")
 
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
-from serve_process import Server  # noqa: E402
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+from serve_process import Server
 
 ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"
 WAIT_SECONDS = 600  # the longest wait for the page to show something (a job on a busy 2-core machine)
@@ -138,8 +138,8 @@ def test_demo_map_from_the_form_fills_in_then_compares(browser, server):
     for path in (f"jobs/{job_id}/report.json", "earlier/ablation.json"):
         browser.find_element(By.CSS_SELECTOR, f"#report-table input[data-path='{path}']").click()
     browser.find_element(By.ID, "compare").click()
-    wait(browser, lambda: js(browser, "location.hash").startswith("#job/") and state(browser) == "finished",
-         "the comparison job")
+    wait(browser, lambda: js(browser, "document.getElementById('job-title').textContent") == "compare · 2 reports"
+         and state(browser) == "finished", "the comparison job")
     wait(browser, lambda: dashboard_drawn(browser, 1), "the comparison's page")
     assert browser.find_element(By.ID, "job-frame").get_attribute("src").endswith("/comparison.html")
     browser.save_screenshot(str(ARTIFACTS / "serve-compare.png"))

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install 'neuro-scan[serve]'")
 
-from serve_process import Server  # noqa: E402
+from serve_process import Server
 
 VIEWERS = 50
 LIST_RATE = 20  # report-list requests per second

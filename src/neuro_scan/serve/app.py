@@ -87,7 +87,7 @@ class Guard:
         await self.app(scope, receive, with_cookie)
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings) -> Guard:
     jobs = Jobs(settings.results)
     catalog = Catalog(settings.results)
 
@@ -205,9 +205,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/api/jobs/{id}", answers(get_job)), Route("/api/jobs/{id}/cancel", answers(cancel_job), methods=["POST"]),
         Route("/api/jobs/{id}/events", answers(job_events)), Route("/api/jobs/{id}/report", answers(job_report)),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.jobs = jobs
-    return Guard(app, settings)
+    return Guard(Starlette(routes=routes, lifespan=lifespan), settings)
 
 
 async def _body(request: Request, limit: int) -> bytes:

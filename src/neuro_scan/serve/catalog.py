@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from neuro_scan.report.read import Report, ReportError, read_report
@@ -132,6 +132,3 @@ def _inside(root: Path, path: Path) -> bool:
     except Refused:
         return False
 
-
-def as_dict(item: Entry) -> dict:
-    return asdict(item)

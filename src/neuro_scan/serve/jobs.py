@@ -7,8 +7,9 @@ worker's output); an uploaded probe file is kept in ``upload/``.
 
 States: queued -> running -> finished | failed | interrupted; a queued job cancelled is
 cancelled. Jobs that run a model run one at a time, the rest wait in the order they came
-(``compare`` runs at once: it loads no model). Each runs in a child process (:mod:`.worker`):
-cancelling sends it SIGINT, so the runner leaves the folder as the CLI's Ctrl-C does.
+(``compare`` runs at once: it loads no model). Each runs in a child process (:mod:`.worker`) in
+a session of its own: cancelling, or stopping the server, sends it SIGINT once, so the runner
+leaves the folder as the CLI's Ctrl-C does; a server that is killed leaves its workers running.
 
 Everything is on disk, so a reloaded page and a restarted server see the same jobs: on start, a
 job recorded as running is running still if its worker is alive (the server follows it again),
@@ -224,7 +225,8 @@ class Jobs:
         with open(folder / "worker.log", "ab") as log:
             child = subprocess.Popen([sys.executable, "-m", "neuro_scan.serve.worker", str(folder)],
                                      stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                     cwd=self.results if job.command == "compare" else None)
+                                     cwd=self.results if job.command == "compare" else None,
+                                     start_new_session=True)  # a terminal's Ctrl-C reaches the server only
         self.children[job.id] = child
         job.state, job.pid, job.started_at = "running", child.pid, _now()
         self._save(job)

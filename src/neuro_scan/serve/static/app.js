@@ -227,15 +227,15 @@ async function showJobs() {
 // One job, live: its events as they arrive (a reload replays them from the first).
 
 async function showJob(id) {
-  const job = await api(`/api/jobs/${id}`);
-  $("job-title").textContent = job.title;
   for (const element of ["job-charts", "job-log"]) $(element).replaceChildren();
-  $("job-message").textContent = "";
+  for (const element of ["job-title", "job-message", "job-phase", "job-eta"]) $(element).textContent = "";
   $("job-frame").hidden = true;
   $("job-frame").removeAttribute("src");
   $("job-progress").hidden = false;
-  for (const element of ["job-phase", "job-eta"]) $(element).textContent = "";
   $("job-bar").value = 0;
+  setState("");
+  const job = await api(`/api/jobs/${id}`);
+  $("job-title").textContent = job.title;
   setState(job.state);
   $("job-cancel").onclick = () => post(`/api/jobs/${id}/cancel`, {}).catch(showProblem);
   const live = new LiveJob(id);
