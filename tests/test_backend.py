@@ -8,17 +8,12 @@ import pytest
 import torch
 
 from neuro_scan.backend.transformers import TransformersBackend
-from tiny_models import CONFIGS, tiny_model, tiny_tokenizer
+from tiny_models import make_backend, tiny_tokenizer
 
-ARCHS = list(CONFIGS)
 # where each model keeps its decoder layers, written out here independently of the backend's discovery
 LAYER_LISTS = {"gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers", "opt": "model.decoder.layers"}
 TOL = 1e-5
 SEQUENCES = [[5, 17, 33, 8, 61, 12, 40], [9, 22, 70], [44, 45, 46, 47, 48]]
-
-
-def make_backend(model_type: str) -> TransformersBackend:
-    return TransformersBackend(tiny_model(model_type), tiny_tokenizer(), model_type)
 
 
 def real_positions(batch, row: int) -> slice:
@@ -39,9 +34,8 @@ def delete_layer(model, model_type: str, index: int):
     return pruned
 
 
-@pytest.mark.parametrize("model_type", ARCHS)
-def test_lens_at_last_layer_equals_model_logits(model_type):
-    backend = make_backend(model_type)
+def test_lens_at_last_layer_equals_model_logits(tiny_backend):
+    backend = tiny_backend
     batch = backend.make_batch(SEQUENCES)
     final = backend.run(batch)[0]
     logits = backend.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
@@ -50,10 +44,9 @@ def test_lens_at_last_layer_equals_model_logits(model_type):
         assert torch.allclose(backend.unembed(final[row, real]), logits[row, real], atol=TOL, rtol=0)
 
 
-@pytest.mark.parametrize("model_type", ARCHS)
 @pytest.mark.parametrize("skipped", [0, 2, 3])
-def test_hook_skip_equals_deleting_the_layer(model_type, skipped):
-    backend = make_backend(model_type)
+def test_hook_skip_equals_deleting_the_layer(tiny_backend, skipped):
+    backend, model_type = tiny_backend, tiny_backend.info.architecture
     batch = backend.make_batch(SEQUENCES)
     skipped_logits = backend.unembed(backend.run(batch, skip={skipped: None})[0])
     pruned = delete_layer(backend.model, model_type, skipped)
@@ -66,9 +59,8 @@ def test_hook_skip_equals_deleting_the_layer(model_type, skipped):
     assert (baseline - skipped_logits).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("model_type", ARCHS)
-def test_resume_equals_full_run_with_same_skips(model_type):
-    backend = make_backend(model_type)
+def test_resume_equals_full_run_with_same_skips(tiny_backend):
+    backend = tiny_backend
     batch = backend.make_batch(SEQUENCES)
     baseline = backend.run(batch, capture=True)
     assert len(baseline) == backend.num_layers + 1 and all(s is not None for s in baseline)
@@ -83,9 +75,8 @@ def test_resume_equals_full_run_with_same_skips(model_type):
     assert (full_skipped - resumed_skipped).abs().max() <= TOL
 
 
-@pytest.mark.parametrize("model_type", ARCHS)
-def test_padded_batch_equals_one_at_a_time(model_type):
-    backend = make_backend(model_type)
+def test_padded_batch_equals_one_at_a_time(tiny_backend):
+    backend, model_type = tiny_backend, tiny_backend.info.architecture
     batch = backend.make_batch(SEQUENCES)
     together = backend.run(batch, capture=True)
     for row, seq in enumerate(SEQUENCES):
@@ -95,9 +86,9 @@ def test_padded_batch_equals_one_at_a_time(model_type):
             assert diff.abs().max() <= TOL, (model_type, row, boundary)
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
-def test_row_skips_equal_separate_runs(model_type):
-    backend = make_backend(model_type)
+@pytest.mark.parametrize("tiny_backend", ["llama", "gpt2"], indirect=True)
+def test_row_skips_equal_separate_runs(tiny_backend):
+    backend = tiny_backend
     batch = backend.make_batch(SEQUENCES)
     stacked = batch.repeat(2)
     rows = torch.tensor([False] * batch.size + [True] * batch.size)
@@ -148,10 +139,9 @@ def duplicate_block(model, model_type: str, first: int, stop: int):
     return grown
 
 
-@pytest.mark.parametrize("model_type", ARCHS)
 @pytest.mark.parametrize("block", [(1, 3), (0, 4), (2, 3)])
-def test_repeated_block_equals_model_with_duplicated_layers(model_type, block):
-    backend = make_backend(model_type)
+def test_repeated_block_equals_model_with_duplicated_layers(tiny_backend, block):
+    backend, model_type = tiny_backend, tiny_backend.info.architecture
     batch = backend.make_batch(SEQUENCES)
     repeated = backend.unembed(backend.run(batch, repeat=block)[0])
     grown = duplicate_block(backend.model, model_type, *block)
@@ -162,9 +152,9 @@ def test_repeated_block_equals_model_with_duplicated_layers(model_type, block):
     assert (repeated - backend.unembed(backend.run(batch)[0])).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
-def test_repeated_block_resumed_from_cache_equals_full(model_type):
-    backend = make_backend(model_type)
+@pytest.mark.parametrize("tiny_backend", ["llama", "gemma3_text"], indirect=True)
+def test_repeated_block_resumed_from_cache_equals_full(tiny_backend):
+    backend = tiny_backend
     batch = backend.make_batch(SEQUENCES)
     baseline = backend.run(batch, capture=True)
     full = backend.run(batch, repeat=(1, 3))[0]

@@ -12,9 +12,8 @@ from neuro_scan.backend.base import Intervention, Target
 from neuro_scan.backend.transformers import TransformersBackend
 from neuro_scan.engine import Engine
 from neuro_scan.probes import Probe, Sample
-from tiny_models import CONFIGS, tiny_model, tiny_tokenizer
+from tiny_models import make_backend
 
-ARCHS = list(CONFIGS)
 TOL = 1e-5
 SEQUENCES = [[5, 17, 33, 8, 61, 12, 40], [9, 22, 70], [44, 45, 46, 47, 48]]
 LAYER = 2
@@ -24,10 +23,6 @@ HEAD = 1
 # projection and the last linear map of its MLP
 OUT_PROJ = {"gpt2": "attn.c_proj", "gpt_neox": "attention.dense", "opt": "self_attn.out_proj"}
 MLP_OUT = {"gpt2": "mlp.c_proj", "gpt_neox": "mlp.dense_4h_to_h", "opt": "fc2"}
-
-
-def backend_for(model_type: str) -> TransformersBackend:
-    return TransformersBackend(tiny_model(model_type), tiny_tokenizer(), model_type)
 
 
 def module_at(backend: TransformersBackend, model, path: str) -> torch.nn.Module:
@@ -51,9 +46,8 @@ def assert_same_on_real_tokens(ours: torch.Tensor, expected: torch.Tensor, batch
         assert torch.allclose(ours[row, real], expected[row, real], atol=TOL, rtol=0)
 
 
-@pytest.mark.parametrize("model_type", ARCHS)
-def test_removed_head_equals_zeroed_output_projection_columns(model_type):
-    backend = backend_for(model_type)
+def test_removed_head_equals_zeroed_output_projection_columns(tiny_backend):
+    backend, model_type = tiny_backend, tiny_backend.info.architecture
     batch = backend.make_batch(SEQUENCES)
     ours = backend.unembed(backend.run(batch, interventions={Target(LAYER, "head", HEAD): Intervention()})[0])
     edited = copy.deepcopy(backend.model)
@@ -65,10 +59,9 @@ def test_removed_head_equals_zeroed_output_projection_columns(model_type):
     assert (ours - backend.unembed(backend.run(batch)[0])).abs().max() > 1e-4  # the head mattered
 
 
-@pytest.mark.parametrize("model_type", ARCHS)
 @pytest.mark.parametrize("part", ["attention", "mlp"])
-def test_removed_block_equals_block_output_forced_to_zero(model_type, part):
-    backend = backend_for(model_type)
+def test_removed_block_equals_block_output_forced_to_zero(tiny_backend, part):
+    backend, model_type = tiny_backend, tiny_backend.info.architecture
     batch = backend.make_batch(SEQUENCES)
     ours = backend.unembed(backend.run(batch, interventions={Target(LAYER, part): Intervention()})[0])
     edited = copy.deepcopy(backend.model)
@@ -82,9 +75,9 @@ def test_removed_block_equals_block_output_forced_to_zero(model_type, part):
     assert (ours - backend.unembed(backend.run(batch)[0])).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gpt2", "gpt_neox"])
-def test_mean_ablated_attention_equals_a_projection_that_outputs_the_mean(model_type):
-    backend = backend_for(model_type)
+@pytest.mark.parametrize("tiny_backend", ["llama", "gpt2", "gpt_neox"], indirect=True)
+def test_mean_ablated_attention_equals_a_projection_that_outputs_the_mean(tiny_backend):
+    backend, model_type = tiny_backend, tiny_backend.info.architecture
     batch = backend.make_batch(SEQUENCES)
     edited = copy.deepcopy(backend.model)
     proj = module_at(backend, edited, OUT_PROJ.get(model_type, "self_attn.o_proj"))
@@ -111,12 +104,12 @@ def probe() -> Probe:
     return Probe(name="t", description="", samples=[Sample(prompt=p, answer=a) for p, a in texts])
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gemma3_text", "gpt2"])
+@pytest.mark.parametrize("tiny_backend", ["llama", "gemma3_text", "gpt2"], indirect=True)
 @pytest.mark.parametrize("ablation", ["zero", "mean"])
-def test_engine_scan_of_targets_equals_one_full_run_each(model_type, ablation):
+def test_engine_scan_of_targets_equals_one_full_run_each(tiny_backend, ablation):
     """Resumed, stacked runs (batch_size lets several configurations share a forward) equal a
     full run per configuration with the same intervention."""
-    backend = backend_for(model_type)
+    backend = tiny_backend
     engine = Engine(backend, probe(), batch_size=64)
     configurations = [frozenset({Target(0, "head", 0)}), frozenset({Target(1, "mlp")}), frozenset({Target(3)}),
                       frozenset({Target(2, "attention"), Target(3, "head", 2)}), frozenset({Target(1), Target(2, "mlp")}),
@@ -137,7 +130,7 @@ def test_engine_scan_of_targets_equals_one_full_run_each(model_type, ablation):
 
 
 def test_targets_in_a_layer_list_the_heads():
-    backend = backend_for("llama")
+    backend = make_backend("llama")
     targets = backend.targets_in(1)
     assert targets[:3] == [Target(1), Target(1, "attention"), Target(1, "mlp")]
     assert [t.head for t in targets[3:]] == list(range(backend.info.num_heads))
