@@ -40,7 +40,6 @@ from neuro_scan.serve.settings import Refused, confine
 from neuro_scan.serve.worker import EVENTS_FILE, JOB_FILE
 
 JOBS_FOLDER = "jobs"
-ENDED = ("finished", "failed", "interrupted", "cancelled")
 TICK_SECONDS = 0.1  # how often the scheduler looks at its workers
 ENDED_PREFIX = '{"event": "Ended"'
 
