@@ -20,8 +20,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.table import Column, Table
 
 from neuro_scan import __version__, events
 from neuro_scan.commands import COMMANDS, CommandSpec
@@ -83,12 +84,15 @@ def fail(message: str) -> None:
 
 
 class TerminalEvents:
-    """The terminal's consumer of a run's events: one progress bar per phase (rich, on stderr),
-    warnings and notes as lines. Used as a context manager around the run."""
+    """The terminal's consumer of a run's events: one progress bar per phase (rich, on stderr; a
+    spinner and the time keep a one-step phase such as loading visibly alive), warnings and notes
+    as lines. Used as a context manager around the run."""
 
     def __init__(self) -> None:
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}")]
+        description = Column(max_width=36, no_wrap=True, overflow="ellipsis")  # the bar stays visible at 80 columns
+        columns = [SpinnerColumn(finished_text="✓"), TextColumn("{task.description}", table_column=description),
+                   BarColumn(bar_width=20), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+                   TimeRemainingColumn(), TextColumn("{task.fields[status]}")]
         self.bars = Progress(*columns, console=console, transient=False, disable=not console.is_terminal)
         self.tasks: dict[str, int] = {}
 
@@ -114,7 +118,17 @@ class TerminalEvents:
 def _written(paths: list) -> str:
     if len(paths) == 1 and paths[0].is_file():
         return f"wrote {paths[0]} ({paths[0].stat().st_size / 2**20:.1f} MiB)"
+    folders = {path.parent for path in paths}
+    if len(folders) == 1:
+        return f"wrote {len(paths)} files to {folders.pop()}: " + ", ".join(path.name for path in paths)
     return "wrote " + ", ".join(str(path) for path in paths)
+
+
+def _where_to_look(paths: list) -> str | None:
+    """The page to open: the dashboard when there is one, else the first chart page."""
+    pages = [path for path in paths if path.suffix == ".html"]
+    page = next((path for path in pages if path.name == "index.html"), pages[0] if pages else None)
+    return None if page is None else f"open {page}"
 
 
 def run_and_print(spec: CommandSpec, options) -> None:
@@ -129,6 +143,9 @@ def run_and_print(spec: CommandSpec, options) -> None:
     for note in outcome.notes:
         out.print(escape(note), highlight=False, soft_wrap=True)
     out.print(_written(outcome.written), highlight=False, soft_wrap=True)
+    look = _where_to_look(outcome.written)
+    if look is not None:
+        out.print(look, highlight=False, soft_wrap=True)
     for phase, error in outcome.failed_phases.items():
         console.print(f"[yellow]warning:[/yellow] the {phase} phase failed, the report has every other phase: "
                       f"{escape(error)}", highlight=False, soft_wrap=True)

@@ -58,20 +58,23 @@ def run(name: str | CommandSpec, options, sink: events.EventSink = events.ignore
 def _run(spec: CommandSpec, options, sink: events.EventSink) -> Outcome:
     from neuro_scan import report
 
-    options.check()  # bad options fail here, before the analysis and report modules import torch
-    analysis, writer = _module(spec.analysis), _module(spec.report)
+    options.check()  # bad options fail here, before the analysis modules import torch
+    writer = _module(spec.report)  # report modules import no torch
     if not spec.loads_model:
+        analysis = _module(spec.analysis)
         destination = analysis.validate(options)
         result = analysis.execute(options)
         files = writer.files(result)
         return Outcome(spec.name, result, files.documents[files.main], report.write(destination, files))
     if hasattr(writer, "write"):  # a command that writes one file of its own kind (calibrate's lens)
+        analysis = _module(spec.analysis)
         destination = analysis.validate(options)
         result = analysis.execute(options, destination, sink)
         return Outcome(spec.name, result, result, writer.write(result, destination))
     from neuro_scan.session import open_session, validate
 
-    validated = validate(options)
+    validated = validate(options)  # probe files, output folder, model location: still before torch
+    analysis = _module(spec.analysis)
     session = open_session(options, validated, sink)
     session.save_progress = lambda partial: report.write(session.output, writer.files(partial, session.run_info()))
     result = analysis.execute(session, options)

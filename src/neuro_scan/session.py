@@ -257,7 +257,8 @@ def load_backend(model: str, backend: str, dtype: str, device: str, seed: int,
 
     torch.manual_seed(seed)
     started = time.perf_counter()
-    with events.phase(sink, "load", f"loading {model}", 1) as advance:
+    shown = Path(model).name if Path(model).exists() else model  # a file's name: the bar stays readable
+    with events.phase(sink, "load", f"loading {shown}", 1) as advance:
         loaded = open_backend(model, backend=backend, dtype=dtype, device=device)
         advance(1)
     return loaded, {"load_seconds": time.perf_counter() - started}

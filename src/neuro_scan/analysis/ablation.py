@@ -12,7 +12,7 @@ when its adjusted p-value is at most 0.05 and its mean damage is positive (docs/
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -73,6 +73,7 @@ class AblationResult(Framed):
     baseline_logprob: np.ndarray  # [S]
     baseline_correct: np.ndarray  # [S]
     ablated_correct: np.ndarray  # [L, S]
+    warnings: list[str] = field(default_factory=list)  # what may make it mislead (neuro_scan.caveats)
 
     def top_layers(self, k: int) -> list[int]:
         """The k most damaging layers; significant ones first, then the rest by damage."""
@@ -146,6 +147,7 @@ def ablation_result(baseline: SampleScores, ablated: list[SampleScores], seed: i
 
 def execute(session, options) -> AblationResult:
     """`ablate` (and the first phase of `map`): every layer skipped in turn."""
+    from neuro_scan.caveats import announce, scan_warnings
     from neuro_scan.events import ConfigurationScored
 
     engine = session.engine
@@ -155,4 +157,5 @@ def execute(session, options) -> AblationResult:
     for layer in result.layers:
         session.sink(ConfigurationScored("ablation", layer.layer, f"L{layer.layer}", layer.score, layer.damage.mean,
                                          layer.accuracy, result.ablated_logprob[layer.layer].tolist()))
+    result.warnings = announce(session, scan_warnings(result))
     return result

@@ -29,7 +29,7 @@ stacks pairs in one forward.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
@@ -195,6 +195,7 @@ class CircuitRun(Framed):
 
     result: CircuitResult
     singles_source: str
+    warnings: list[str] = field(default_factory=list)  # the single-layer scan's (neuro_scan.caveats)
 
 
 def stored_scan_in(folder: Path, engine: Engine, seed: int) -> tuple[AblationResult, str] | None:
@@ -213,10 +214,13 @@ def stored_scan_in(folder: Path, engine: Engine, seed: int) -> tuple[AblationRes
 
 def execute(session, options) -> CircuitRun:
     from neuro_scan.analysis import ablation
+    from neuro_scan.caveats import announce, scan_warnings
 
     engine = session.engine
     stored = stored_scan_in(session.output, engine, options.seed) if session.output is not None else None
     singles, source = (stored[0], f"reused from {stored[1]}") if stored else (ablation.execute(session, options), "computed")
+    if stored:  # a computed scan announced its warnings already
+        singles.warnings = announce(session, scan_warnings(singles))
     similarity = None
     if options.strategy == "thorough":
         with session.phase("similarity", "layer output similarity", 1, timing="similarity_seconds"):
@@ -227,4 +231,4 @@ def execute(session, options) -> CircuitRun:
     with session.phase("pairs", f"ablating {len(plan.pairs)} layer pairs", len(plan.pairs),
                        timing="pairs_seconds") as advance:
         result = run_circuit(engine, singles, plan, options.seed, advance)
-    return CircuitRun(result, source)
+    return CircuitRun(result, source, singles.warnings)

@@ -23,7 +23,7 @@ Method (docs/compare.md):
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
@@ -101,6 +101,7 @@ class Comparison(Framed):
     pairwise_shared: dict[tuple[str, str], list[SharedDepth]]
     tolerance: float
     ranking: list[str]  # names, highest mean sensitivity first
+    warnings: list[str] = field(default_factory=list)  # what may make it mislead (neuro_scan.caveats)
 
     @property
     def comparable_means(self) -> bool:
@@ -250,5 +251,9 @@ def validate(options) -> Path:
 
 
 def execute(options) -> Comparison:
+    from neuro_scan.caveats import comparison_warnings
+
     tolerance = DEFAULT_TOLERANCE if options.tolerance is None else options.tolerance
-    return compare([profile_from_report(Path(path), path) for path in options.reports], tolerance)
+    result = compare([profile_from_report(Path(path), path) for path in options.reports], tolerance)
+    result.warnings = comparison_warnings(result)
+    return result

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,6 +45,7 @@ class CrossProbeResult(Framed):
     pearson: list[list[float | None]]
     spearman: list[list[float | None]]
     seconds: float
+    warnings: list[str] = field(default_factory=list)  # each probe's (neuro_scan.caveats)
 
     @property
     def names(self) -> list[str]:
@@ -85,6 +86,7 @@ def summarize(per_probe: list[ProbeAblation], seconds: float) -> CrossProbeResul
 
 def execute(session, options) -> CrossProbeResult:
     """Every probe is checked against the model (positions, known characters) before the first one runs."""
+    from neuro_scan.caveats import announce, scan_warnings
     from neuro_scan.scoring import build_plan
 
     for probe in session.probes:
@@ -92,4 +94,8 @@ def execute(session, options) -> CrossProbeResult:
     layers = session.backend.num_layers
     with session.phase("cross-probe", f"ablating {layers} layers under {len(session.probes)} probes",
                        layers * len(session.probes), timing="cross_probe_seconds") as advance:
-        return run_cross_probe(session.backend, session.probes, options.batch_size, options.seed, advance)
+        result = run_cross_probe(session.backend, session.probes, options.batch_size, options.seed, advance)
+    for entry in result.per_probe:
+        entry.ablation.warnings = scan_warnings(entry.ablation, entry.probe.name)
+    result.warnings = announce(session, [warning for entry in result.per_probe for warning in entry.ablation.warnings])
+    return result

@@ -15,16 +15,17 @@ model's own final distribution stays the reference for KL either way.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from neuro_scan.frames import Framed
-from neuro_scan.engine import Engine
+from neuro_scan.engine import Engine, Progress
 from neuro_scan.scoring import ScoringPlan
 from neuro_scan.statistics import Interval, mean_intervals
 
@@ -39,6 +40,16 @@ Translator = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 @dataclass
+class TokenReads:
+    """Each answer token (M in all, in the probe's order) read at the position that predicts it."""
+
+    probs: np.ndarray  # [M] the token's probability
+    ranks: np.ndarray  # [M] its rank, 0 = top-1
+    top_tokens: list[list[str]]  # [M][k] the lens's top tokens there
+    top_probs: np.ndarray  # [M, k]
+
+
+@dataclass
 class LensLayer:
     layer: int
     answer_prob: np.ndarray  # [S] probability of the whole answer
@@ -47,6 +58,7 @@ class LensLayer:
     top_probs: np.ndarray  # [S, k]
     entropy_bits: np.ndarray  # [S]
     kl_to_final_bits: np.ndarray  # [S] KL(model's final distribution || lens distribution)
+    tokens: TokenReads | None = None  # every answer token, at its own position
 
     @property
     def mean_answer_prob(self) -> float:
@@ -81,6 +93,8 @@ class LensResult(Framed):
     probe_prob_emergence: int | None  # the same with p(answer) >= threshold
     emergence_prob_threshold: float
     entropy_mean: list[Interval]  # per layer: mean entropy over samples (bits), 95% bootstrap-t interval
+    token_sample: list[int] = field(default_factory=list)  # [M] the sample of each answer token
+    token_text: list[str] = field(default_factory=list)  # [M] each answer token, decoded
 
 
 @dataclass(frozen=True)
@@ -107,11 +121,17 @@ def _answer_reads(plan: ScoringPlan) -> _AnswerReads:
 
 
 def run_lens(engine: Engine, top_k: int = 5, translator: Translator | None = None,
-             emergence_prob: float = DEFAULT_EMERGENCE_PROB, seed: int = 0) -> LensResult:
+             emergence_prob: float = DEFAULT_EMERGENCE_PROB, seed: int = 0,
+             progress: Progress | None = None) -> LensResult:
+    """``progress(1)`` after each layer."""
     backend, plan = engine.backend, engine.plan
     reads = _answer_reads(plan)
     samples = plan.num_samples
     top_k = min(top_k, backend.info.vocab_size)
+    decode_token = functools.cache(backend.decode_token)  # top tokens repeat across layers and samples
+
+    def decode(ids: torch.Tensor) -> list[str]:
+        return [decode_token(i) for i in ids.tolist()]
 
     def logprobs_after(layer: int, translate: bool) -> torch.Tensor:
         hidden = engine.hidden_at(layer + 1)
@@ -129,6 +149,7 @@ def run_lens(engine: Engine, top_k: int = 5, translator: Translator | None = Non
         token_rank = (logprobs[reads.token_row] > token_lp.view(-1, 1)).sum(dim=-1)
         answer_lp = torch.zeros(samples, dtype=torch.float64).index_add_(0, reads.token_sample, token_lp.double())
         answer_rank = torch.zeros(samples, dtype=torch.long).scatter_reduce_(0, reads.token_sample, token_rank, "amax")
+        token_top = logprobs[reads.token_row].topk(top_k, dim=-1)
         first = logprobs[reads.first_row]
         probs = first.exp()
         top = probs.topk(top_k, dim=-1)
@@ -136,23 +157,29 @@ def run_lens(engine: Engine, top_k: int = 5, translator: Translator | None = Non
             layer=layer,
             answer_prob=answer_lp.exp().numpy(),
             answer_rank=answer_rank.numpy(),
-            top_tokens=[[backend.decode_token(int(t)) for t in row] for row in top.indices],
+            top_tokens=[decode(row) for row in top.indices],
             top_probs=top.values.numpy(),
             entropy_bits=(-(probs * first).sum(-1) * LOG2E).numpy(),
             kl_to_final_bits=((final.exp() * (final - first)).sum(-1) * LOG2E).clamp(min=0).numpy(),
+            tokens=TokenReads(token_lp.exp().numpy(), token_rank.numpy(), [decode(row) for row in token_top.indices],
+                              token_top.values.exp().numpy()),
         ))
+        if progress:
+            progress(1)
     stays_top1 = _stays(np.stack([lay.answer_rank == 0 for lay in layers], axis=1))  # [S, L]
     stays_above = _stays(np.stack([lay.answer_prob >= emergence_prob for lay in layers], axis=1))
     return LensResult(
         lens="logit" if translator is None else "tuned",
         layers=layers,
-        answer_tokens=[backend.decode_token(int(t)) for t in plan.first_answer_token],
+        answer_tokens=decode(plan.first_answer_token),
         emergence=[_first(row) for row in stays_top1],
         prob_emergence=[_first(row) for row in stays_above],
         probe_emergence=_first(stays_top1.mean(axis=0) >= 0.5),
         probe_prob_emergence=_first(stays_above.mean(axis=0) >= 0.5),
         emergence_prob_threshold=emergence_prob,
         entropy_mean=mean_intervals(np.stack([lay.entropy_bits for lay in layers]), seed=seed),
+        token_sample=reads.token_sample.tolist(),
+        token_text=decode(reads.token_ids),
     )
 
 
@@ -172,11 +199,15 @@ class LensRun(Framed):
     lens: LensResult
     tuned: LensRecord | None = None
     lens_file: str | None = None
+    warnings: list[str] = field(default_factory=list)  # what may make it mislead (neuro_scan.caveats)
 
 
 def execute(session, options) -> LensRun:
+    from neuro_scan.caveats import announce, lens_warnings
+
     translator, record = session.tuned_lens()
     engine = session.engine
-    with session.phase("lens", "reading every layer through the lens", 1, timing="lens_seconds"):
-        lens = run_lens(engine, top_k=options.top_tokens, translator=translator, seed=options.seed)
-    return LensRun(lens, record, options.tuned_lens)
+    with session.phase("lens", "reading every layer through the lens", engine.num_layers,
+                       timing="lens_seconds") as advance:
+        lens = run_lens(engine, top_k=options.top_tokens, translator=translator, seed=options.seed, progress=advance)
+    return LensRun(lens, record, options.tuned_lens, announce(session, lens_warnings(lens)))

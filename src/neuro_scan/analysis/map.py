@@ -31,10 +31,12 @@ class MapResult(Framed):
     labels: list[LayerLabel] | None = None
     attention: AttentionResult | None = None
     tuned: LensRecord | None = None
+    warnings: list[str] = field(default_factory=list)  # what may make it mislead (neuro_scan.caveats)
 
 
 def execute(session, options) -> MapResult:
     from neuro_scan.analysis import ablation, attention
+    from neuro_scan.caveats import announce, lens_warnings
     from neuro_scan.analysis.influence import block_influence
     from neuro_scan.analysis.labels import label_layers
     from neuro_scan.analysis.lens import run_lens
@@ -43,14 +45,20 @@ def execute(session, options) -> MapResult:
     result = MapResult(ablation.execute(session, options), tuned=record,
                        phases={"baseline": Phase("done"), "ablation": Phase("done"), "lens": Phase(),
                                "attention": Phase()})
+    result.warnings = list(result.ablation.warnings)
     session.save_progress(result)
 
     def lens_phase() -> None:
-        with session.phase("lens", "logit lens, block influence, labels", 1, timing="lens_and_influence_seconds"):
-            lens = run_lens(session.engine, top_k=LENS_TOP_TOKENS, translator=translator, seed=options.seed)
+        layers = session.engine.num_layers
+        with session.phase("lens", "logit lens, block influence, labels", layers + 1,
+                           timing="lens_and_influence_seconds") as advance:
+            lens = run_lens(session.engine, top_k=LENS_TOP_TOKENS, translator=translator, seed=options.seed,
+                            progress=advance)
             influence = block_influence(session.engine)
+            advance(1)
             labels = label_layers(result.ablation, influence, lens)
         result.lens, result.block_influence, result.labels = lens, influence, labels
+        result.warnings += announce(session, lens_warnings(lens))
 
     session.guarded("lens", result.phases, lens_phase)
     session.save_progress(result)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -113,6 +113,7 @@ class PromptRepeatResult(Framed):
     block_sizes: list[int]
     separator: str
     seconds: float
+    warnings: list[str] = field(default_factory=list)  # what may make it mislead (neuro_scan.caveats)
 
 
 def run_prompt_repeat(engine: Engine, counts: Sequence[int], block_sizes: Sequence[int], seed: int,
@@ -149,6 +150,7 @@ def run_prompt_repeat(engine: Engine, counts: Sequence[int], block_sizes: Sequen
 def execute(session, options) -> PromptRepeatResult:
     """The blocks must fit the model's layers and every repeated prompt its positions: checked on
     the loaded model before any forward."""
+    from neuro_scan.caveats import announce, probe_warnings
     from neuro_scan.errors import UsageError
     from neuro_scan.scoring import build_plan
 
@@ -165,4 +167,6 @@ def execute(session, options) -> PromptRepeatResult:
     units = len(counts) + len(duplication_blocks(engine.num_layers, sizes))
     with session.phase("prompt-repeat", f"{len(counts)} repeat counts, {units - len(counts)} duplicated blocks", units,
                        timing="prompt_repeat_seconds") as advance:
-        return run_prompt_repeat(engine, counts, sizes, options.seed, advance)
+        result = run_prompt_repeat(engine, counts, sizes, options.seed, advance)
+    result.warnings = announce(session, probe_warnings(result.baseline.accuracy, len(probe.samples)))
+    return result

@@ -9,17 +9,24 @@ The section keeps every key of the reference tool's report (``baseline_score``,
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from neuro_scan.analysis.ablation import AblationResult, ProbeScore
 from neuro_scan.analysis.labels import LABELS
 from neuro_scan.report import ReportFiles, csv_bytes
-from neuro_scan.report.charts import LABEL_COLOURS, integer_axis, interval_bars, title
-from neuro_scan.report.document import header
+from neuro_scan.report.charts import (LABEL_COLOURS, SIGNIFICANCE, integer_axis, interval_bars, layer_heatmap_height,
+                                      note, title)
+from neuro_scan.report.document import header, interval_text, number, p_text, sample_list
 from neuro_scan.report.read import FORMATS
-from neuro_scan.session import RunInfo
+
+if TYPE_CHECKING:  # annotations only: the runner imports report modules before torch
+    from neuro_scan.analysis.ablation import AblationResult, ProbeScore
+    from neuro_scan.session import RunInfo
 
 FORMAT = FORMATS["ablation"]
 CSV_COLUMNS = [
@@ -39,11 +46,11 @@ def files(result: AblationResult, run: RunInfo) -> ReportFiles:
 def files_of(report: dict) -> ReportFiles:
     """Every file of `ablate` from its ablation.json."""
     return ReportFiles({"ablation.json": report}, "ablation.json", {"ablation.csv": table(report)},
-                       {"ablation.html": figure(report)})
+                       {"ablation.html": figure(report), "accuracy.html": accuracy_figure(report)})
 
 
 def document(result: AblationResult, run: RunInfo) -> dict:
-    return {**header(run, "ablate", FORMAT), **section(result, run)}
+    return {**header(run, "ablate", FORMAT), "warnings": result.warnings, **section(result, run)}
 
 
 def section(ablation: AblationResult, run: RunInfo) -> dict:
@@ -52,7 +59,11 @@ def section(ablation: AblationResult, run: RunInfo) -> dict:
         "baseline_uncertainty": ablation.baseline.score.stderr,
         "scan_time_seconds": round(ablation.seconds, 3),
         "ablation_results": _rows(ablation),
-        "top_important_layers": [int(i) for i in ablation.top_layers(run.top_k)],
+        "top_important_layers": [int(i) for i in ablation.important_layers[:run.top_k]],
+        "top_layers_not_significant": [int(i) for i in ablation.top_layers(run.top_k)
+                                       if i not in ablation.important_layers],
+        "top_layers_definition": "top_important_layers: the --top-k most damaging layers whose damage is significant; "
+                                 "top_layers_not_significant: the most damaging of the rest, up to --top-k in all",
         "baseline": _probe_score(ablation.baseline),
         "score_definition": "mean teacher-forced log-probability of the answer (nats); "
                             "score_delta = baseline - ablated (positive: removing the layer hurts)",
@@ -64,6 +75,7 @@ def section(ablation: AblationResult, run: RunInfo) -> dict:
         "ranked_layers": [int(i) for i in ablation.ranked_layers],
         "category_accuracy": {name: vars(accuracy) for name, accuracy in
                               ablation.category_accuracy([sample.category for sample in run.probe.samples]).items()},
+        "samples": sample_list(run.probe),
         "per_sample": _per_sample(ablation),
     }
 
@@ -139,59 +151,108 @@ def table(report: dict) -> bytes:
 
 
 def figure(report: dict) -> go.Figure:
-    """Damage per layer with its interval, coloured by label (a map's), the top layers starred."""
+    """Damage per layer with its interval, coloured by label (a map's); bars whose damage is not
+    significant faded and hatched; the top layers (significant damage) starred."""
     rows = report["ablation_results"]
-    labels = report.get("layer_labels", {})
-    layers = [r["layer_idx"] for r in rows]
-    delta = [r["score_delta"] for r in rows]
+    labels = report.get("layer_labels") or {}
+    labelled = any(labels.values())
     chart = go.Figure()
     for label in (*LABELS, ""):
-        chosen = [i for i, layer in enumerate(layers) if labels.get(str(layer), "") == label]
+        chosen = [r for r in rows if labels.get(str(r["layer_idx"]), "") == label]
         if not chosen:
             continue
+        delta = [r["score_delta"] for r in chosen]
+        significant = [r["significant"] for r in chosen]
         chart.add_bar(
-            x=[layers[i] for i in chosen],
-            y=[delta[i] for i in chosen],
-            name=label or "unlabelled",
-            marker_color=LABEL_COLOURS[label],
-            error_y=interval_bars([delta[i] for i in chosen], [rows[i]["score_delta_ci"] for i in chosen]),
-            customdata=[[rows[i]["accuracy"], rows[i]["score_delta_ci"][0], rows[i]["score_delta_ci"][1]] for i in chosen],
-            hovertemplate="layer %{x}<br>damage %{y:.4f} nats<br>95% CI %{customdata[1]:.4f}..%{customdata[2]:.4f}"
-                          "<br>accuracy without it %{customdata[0]:.3f}<extra>%{fullData.name}</extra>",
+            x=[r["layer_idx"] for r in chosen], y=delta, name=label or ("unlabelled" if labelled else "damage"),
+            marker={"color": LABEL_COLOURS[label], "opacity": [1.0 if s else 0.45 for s in significant],
+                    "pattern": {"shape": ["" if s else "/" for s in significant]}},
+            error_y=interval_bars(delta, [r["score_delta_ci"] for r in chosen]),
+            customdata=[[r["accuracy"], *r["score_delta_ci"], p_text(r.get("p_value_adjusted")),
+                         "significant" if s else "not significant"] for r, s in zip(chosen, significant)],
+            hovertemplate="layer %{x}<br>damage %{y:.4g} nats<br>95% CI %{customdata[1]:.4g}..%{customdata[2]:.4g}"
+                          "<br>adjusted p %{customdata[3]}: %{customdata[4]}<br>accuracy without it "
+                          "%{customdata[0]:.3f}<extra>%{fullData.name}</extra>",
         )
     top = report.get("top_important_layers", [])
     if top:
         highest = max(r["score_delta_ci"][1] for r in rows)
         chart.add_scatter(x=top, y=[highest * 1.08 if highest > 0 else 0.1] * len(top), mode="markers",
                           marker={"symbol": "star", "size": 14, "color": "gold", "line": {"color": "black", "width": 1}},
-                          name="top layers", hovertemplate="top layer %{x}<extra></extra>")
+                          name="top layers (significant)", hovertemplate="top layer %{x}<extra></extra>")
+    note(chart, f"stars: the top layers, whose damage is significant ({SIGNIFICANCE}); faded, hatched bars: not "
+                f"significant{'' if top else ' (no layer is)'}")
     chart.update_layout(
-        title=title(report, "Ablation damage per layer"),
+        title=title(report, "Ablation damage per layer"), margin={"t": 90},
         xaxis_title="layer skipped", yaxis_title="damage = baseline − ablated score (nats)",
-        barmode="overlay", template="plotly_white", legend_title="label",
-        xaxis=integer_axis(len(layers)),
+        barmode="overlay", template="plotly_white", legend_title="label" if labelled else "",
+        xaxis=integer_axis(len(rows)),
     )
     return chart
 
 
-def summary(report: dict) -> list:
-    """The run, the baseline, and the top layers with their damage, interval and (a map's) label."""
+def accuracy_figure(report: dict) -> go.Figure:
+    """Accuracy with each layer skipped, against the baseline's; per sample category below when
+    the probe has several."""
+    rows = report["ablation_results"]
+    layers = [r["layer_idx"] for r in rows]
     base = report["baseline"]
-    top = Table("layer", "damage (nats)", "95% CI", "accuracy without", "label")
-    labels = report.get("layer_labels", {})
+    categories = report.get("category_accuracy") or {}
+    several = len(categories) > 1
+    chart = make_subplots(rows=2 if several else 1, cols=1, vertical_spacing=0.18,
+                          row_heights=[0.55, 0.45] if several else None,
+                          subplot_titles=("accuracy with the layer skipped",
+                                          "per sample category (rows: category, samples, baseline accuracy)")
+                          if several else None)
+    chart.add_bar(x=layers, y=[r["accuracy"] for r in rows], name="accuracy with the layer skipped",
+                  marker_color="#4c78a8", showlegend=False,
+                  customdata=[[r["accuracy_drop"], *r["accuracy_drop_ci"]] for r in rows],
+                  hovertemplate="layer %{x} skipped: accuracy %{y:.3f}<br>drop %{customdata[0]:.3f} (95% CI "
+                                "%{customdata[1]:.3f}..%{customdata[2]:.3f})<extra></extra>", row=1, col=1)
+    chart.add_hline(y=base["accuracy"], line={"color": "#e45756", "dash": "dash"}, row=1, col=1,
+                    annotation_text=f"baseline {base['accuracy']:.3f}", annotation_position="top right")
+    chart.update_yaxes(title_text="accuracy", range=[0, 1.05], row=1, col=1)
+    chart.update_xaxes(title_text="layer skipped", **integer_axis(len(layers)), row=1, col=1)
+    if several:
+        names = sorted(categories)
+        chart.add_heatmap(z=[categories[name]["per_layer"] for name in names], x=layers, zmin=0, zmax=1,
+                          y=[f"{name} ({categories[name]['samples']}, {categories[name]['baseline']:.2f})"
+                             for name in names], colorscale="Blues", colorbar={"title": "accuracy", "len": 0.4, "y": 0.2},
+                          hovertemplate="%{y}<br>layer %{x} skipped: accuracy %{z:.3f}<extra></extra>", row=2, col=1)
+        chart.update_xaxes(title_text="layer skipped", **integer_axis(len(layers)), row=2, col=1)
+    height = 420 + (layer_heatmap_height(len(categories), 240) if several else 0)
+    chart.update_layout(title=title(report, "Accuracy without each layer"), template="plotly_white", height=height)
+    return chart
+
+
+def summary(report: dict) -> list:
+    """The run, the baseline, and the most damaging layers with their damage, interval, adjusted
+    p-value, significance and (a map's) label; then which layers are significant."""
+    base = report["baseline"]
+    labels = report.get("layer_labels") or {}
+    labelled = any(labels.values())
     rows = {r["layer_idx"]: r for r in report["ablation_results"]}
-    for layer in report["top_important_layers"]:
+    significant = report["top_important_layers"]
+    shown = significant + report.get("top_layers_not_significant", [])
+    table = Table("layer", "damage", "95% CI", "adj. p", "sig.", "acc. w/o", *(["label"] if labelled else []),
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for layer in shown:
         row = rows[layer]
-        top.add_row(str(layer), f"{row['score_delta']:.4f}",
-                       f"{row['score_delta_ci'][0]:.4f}..{row['score_delta_ci'][1]:.4f}", f"{row['accuracy']:.3f}",
-                       labels.get(str(layer), ""))
+        table.add_row(str(layer), number(row["score_delta"], 3), interval_text(row["score_delta_ci"], 3),
+                      p_text(row.get("p_value_adjusted")), "yes" if layer in significant else "no",
+                      f"{row['accuracy']:.3f}", *([labels.get(str(layer), "")] if labelled else []))
+    everyone = report.get("significantly_important_layers", significant)
     lines: list = [
         f"[bold]{escape(report['model'])}[/bold] · probe [bold]{escape(report['probe'])}[/bold] · "
         f"{report['sample_count']} samples · {report['total_layers']} layers · {report['dtype']} on {report['device']}",
-        f"baseline: answer log-prob {base['score']:.3f} (95% CI {base['score_ci'][0]:.3f}..{base['score_ci'][1]:.3f}), "
-        f"accuracy {base['accuracy']:.3f}",
-        top,
+        f"baseline accuracy {base['accuracy']:.3f}; answer log-prob {number(base['score'], 3)} (95% CI "
+        f"{interval_text(base['score_ci'], 3)})",
     ]
+    if shown:
+        lines += ["the most damaging layers (damage in nats; adj. p: Benjamini-Hochberg):", table]
+    lines.append(f"significant damage: layers {', '.join(map(str, everyone))} ({len(everyone)} of "
+                 f"{report['total_layers']}; adjusted p <= 0.05)" if everyone else
+                 "significant damage: no layer (adjusted p <= 0.05): no top layers are named")
     if report.get("improving_layers"):
-        lines.append(f"layers whose removal improves the score: {report['improving_layers']}")
+        lines.append(f"layers whose removal improves the score: {', '.join(map(str, report['improving_layers']))}")
     return lines

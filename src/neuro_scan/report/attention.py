@@ -6,15 +6,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import plotly.graph_objects as go
 from rich.markup import escape
 
-from neuro_scan.analysis.attention import AttentionResult, AttentionRun
 from neuro_scan.report import ReportFiles
-from neuro_scan.report.charts import integer_axis, title
+from neuro_scan.report.charts import integer_axis, layer_heatmap_height, title
 from neuro_scan.report.document import failed_phases, header, phases_section
 from neuro_scan.report.read import FORMATS
-from neuro_scan.session import RunInfo
+
+if TYPE_CHECKING:  # annotations only: the runner imports report modules before torch
+    from neuro_scan.analysis.attention import AttentionResult, AttentionRun
+    from neuro_scan.session import RunInfo
 
 FORMAT = FORMATS["attention"]
 
@@ -27,7 +31,8 @@ def files(result: AttentionRun, run: RunInfo) -> ReportFiles:
 
 
 def document(result: AttentionRun, run: RunInfo) -> dict:
-    return {**header(run, "attention", FORMAT), **phases_section(result.phases), **section(result.attention)}
+    return {**header(run, "attention", FORMAT), "warnings": [], **phases_section(result.phases),
+            **section(result.attention)}
 
 
 def section(attention: AttentionResult | None) -> dict:
@@ -50,7 +55,8 @@ def section(attention: AttentionResult | None) -> dict:
 
 
 def figure(report: dict) -> go.Figure:
-    """Heatmap of each head's entropy at the answer position, layer by layer."""
+    """Heatmap of each head's entropy at the answer position, layer by layer (layer 0 at the top,
+    as in every heatmap with layers on its rows; one row per layer however deep the model)."""
     attention = report["attention"]
     bits = attention["answer_position_bits"]
     heads = len(bits[0]) if bits else 0
@@ -61,7 +67,8 @@ def figure(report: dict) -> go.Figure:
     ))
     chart.update_layout(title=title(report, "Attention entropy at the answer position"),
                         xaxis_title="head", yaxis_title="layer", template="plotly_white",
-                        xaxis=integer_axis(heads), yaxis=integer_axis(len(bits)))
+                        xaxis=integer_axis(heads), yaxis=integer_axis(len(bits), reverse=True),
+                        height=layer_heatmap_height(len(bits)))
     return chart
 
 

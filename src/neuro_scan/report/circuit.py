@@ -8,15 +8,21 @@ circuit.json keeps the reference's keys (``strategy``, ``top_k``, ``total_pairs`
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import plotly.graph_objects as go
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from neuro_scan.analysis.circuit import CircuitResult, CircuitRun, PairInteraction
 from neuro_scan.report import ReportFiles
-from neuro_scan.report.document import header
+from neuro_scan.report.charts import SIGNIFICANCE, integer_axis, layer_heatmap_height, note
+from neuro_scan.report.document import header, interval_text, number
 from neuro_scan.report.read import FORMATS
-from neuro_scan.session import RunInfo
+
+if TYPE_CHECKING:  # annotations only: the runner imports report modules before torch
+    from neuro_scan.analysis.circuit import CircuitResult, CircuitRun, PairInteraction
+    from neuro_scan.session import RunInfo
 
 FORMAT = FORMATS["circuit"]
 KINDS = ("synergistic", "redundant", "independent")
@@ -50,6 +56,7 @@ def document(run_result: CircuitRun, run: RunInfo) -> dict:
     result, plan = run_result.result, run_result.result.plan
     report = header(run, "circuit", FORMAT)
     report.update({
+        "warnings": run_result.warnings,
         "strategy": plan.strategy,
         "top_k": len(plan.candidates),
         "candidate_layers": plan.candidates,
@@ -113,32 +120,33 @@ def figure(report: dict) -> go.Figure:
     for kind, symbol in (("synergistic", "circle"), ("redundant", "x")):
         xs, ys = marks[kind]
         if xs:
-            chart.add_scatter(x=xs, y=ys, mode="markers", name=f"{kind}: FDR-adjusted p <= 0.05",
-                              marker={"symbol": symbol, "size": 5, "color": "black"}, hoverinfo="skip")
+            chart.add_scatter(x=xs, y=ys, mode="markers", name=f"{kind} (significant)",
+                              marker={"symbol": symbol, "size": 6, "color": "black"}, hoverinfo="skip")
+    note(chart, f"colour: interaction of the pair (blank: not tested); marks: significant, {SIGNIFICANCE}")
     chart.update_layout(
         title=(f"Layer-pair interactions — {report['model']} · probe {report['probe']} ({report['sample_count']} samples)"
                f" · {report['strategy']}: {report['total_pairs']} pairs"),
-        xaxis_title="layer", yaxis_title="layer", template="plotly_white",
+        xaxis_title="layer", yaxis_title="layer", template="plotly_white", margin={"t": 100},
         legend={"orientation": "h", "yanchor": "top", "y": -0.1, "xanchor": "left", "x": 0},
-        xaxis={"scaleanchor": "y", "constrain": "domain"}, yaxis={"autorange": "reversed"},
+        xaxis={"scaleanchor": "y", "constrain": "domain", **integer_axis(size)},
+        yaxis=integer_axis(size, reverse=True), height=layer_heatmap_height(size, 560),
     )
     return chart
-
-
-def _ci(values: list[float]) -> str:
-    return f"{values[0]:.4f}..{values[1]:.4f}"
 
 
 def summary(report: dict) -> list:
     """How many pairs of each kind, and the strongest synergistic and redundant pairs."""
     counts = {kind: sum(p["interaction_type"] == kind for p in report["all_interactions"]) for kind in KINDS}
-    pairs = Table("pair", "type", "interaction (nats)", "95% CI", "joint damage", "damage alone")
+    pairs = Table("pair", "type", "interaction", "95% CI", "joint damage", "damage alone", box=box.SIMPLE_HEAD,
+                  show_edge=False, pad_edge=False)
     for pair in report["synergistic"][:5] + report["redundant"][:5]:
         pairs.add_row(f"{pair['layer_i']}+{pair['layer_j']}", pair["interaction_type"],
-                      f"{pair['interaction_effect']:+.4f}", _ci(pair["interaction_ci"]), f"{pair['joint_delta']:.4f}",
-                      f"{pair['individual_delta_i']:.4f} + {pair['individual_delta_j']:.4f}")
+                      number(pair["interaction_effect"]), interval_text(pair["interaction_ci"]),
+                      number(pair["joint_delta"]),
+                      f"{number(pair['individual_delta_i'])} + {number(pair['individual_delta_j'])}")
     return [f"[bold]{escape(report['model'])}[/bold] · probe {escape(report['probe'])} · {report['strategy']}: "
             f"{report['total_pairs']} pairs in {report['time_seconds']:.1f} s: {counts['synergistic']} synergistic, "
             f"{counts['redundant']} redundant, {counts['independent']} independent (false-discovery rate 5%: about "
             f"{report['expected_false_discoveries']:.1f} of the significant may be chance)",
-            pairs]
+            *(["the strongest significant pairs (nats):", pairs] if pairs.row_count else
+              ["no pair interacts significantly (adjusted p <= 0.05)"])]

@@ -8,17 +8,24 @@ and ``mean_sensitivity``) and is always valid JSON: undefined correlations are n
 
 from __future__ import annotations
 
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from neuro_scan.analysis.compare import Comparison, ModelProfile, SharedDepth
 from neuro_scan.report import ReportFiles
-from neuro_scan.report.document import correlation_text, stamp
+from neuro_scan.report.document import correlation_text, number, stamp
 from neuro_scan.report.read import FORMATS
+
+if TYPE_CHECKING:  # annotations only
+    from neuro_scan.analysis.compare import Comparison, ModelProfile, SharedDepth
 
 FORMAT = FORMATS["comparison"]
 
@@ -60,6 +67,7 @@ def document(result: Comparison) -> dict:
     profiles = result.profiles
     return {
         **stamp("compare", FORMAT),
+        "warnings": result.warnings,
         "models": [_model(p) for p in profiles],
         "names": [p.name for p in profiles],
         "similarity_matrix": result.pearson,
@@ -82,17 +90,40 @@ def document(result: Comparison) -> dict:
     }
 
 
+def _distinct_tails(paths: list[str]) -> list[str]:
+    """The fewest trailing parts of the paths that tell them apart (the whole paths if none do)."""
+    parts = [Path(path).parts for path in paths]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        tails = [str(Path(*p[-depth:])) for p in parts]
+        if len(set(tails)) == len(tails):
+            return tails
+    return paths
+
+
+def legend_names(models: list[dict]) -> list[str]:
+    """Each model's name for the chart; reports of the same model are told apart by the end of
+    their file's path, never the whole (absolute) path."""
+    names = [model["name"] for model in models]
+    repeated = [model for model, count in Counter(m["model"] for m in models).items() if count > 1]
+    for model in repeated:
+        chosen = [i for i, m in enumerate(models) if m["model"] == model]
+        for i, tail in zip(chosen, _distinct_tails([models[i]["file"] for i in chosen])):
+            names[i] = f"{model} ({tail})"
+    return names if len(set(names)) == len(names) else [model["name"] for model in models]  # one file given twice
+
+
 def figure(report: dict) -> go.Figure:
     """Damage profiles on relative depth (each scaled by its largest |damage|), and the similarity matrix."""
     chart = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.1,
                           subplot_titles=("damage by relative depth (scaled to max |damage| = 1)", "Pearson similarity"))
     palette = plotly.colors.qualitative.Plotly
+    names = legend_names(report["models"])
     for index, model in enumerate(report["models"]):
         colour = palette[index % len(palette)]
         damage = np.asarray(model["damage_profile"])
         scale = np.abs(damage).max() or 1.0
         depths = np.arange(len(damage)) / max(len(damage) - 1, 1)
-        chart.add_scatter(x=depths, y=damage / scale, mode="lines+markers", name=model["name"], line={"color": colour},
+        chart.add_scatter(x=depths, y=damage / scale, mode="lines+markers", name=names[index], line={"color": colour},
                           customdata=np.stack([np.arange(len(damage)), damage], axis=1),
                           hovertemplate="layer %{customdata[0]} (depth %{x:.2f})<br>damage %{customdata[1]:.4f}"
                                         "<extra>%{fullData.name}</extra>", row=1, col=1)
@@ -100,11 +131,10 @@ def figure(report: dict) -> go.Figure:
         if reasoning:
             chart.add_scatter(x=depths[reasoning], y=damage[reasoning] / scale, mode="markers", showlegend=False,
                               marker={"symbol": "star", "size": 12, "color": colour, "line": {"width": 1, "color": "black"}},
-                              name=f"{model['name']} reasoning", hovertemplate="reasoning layer<extra>%{fullData.name}</extra>",
+                              name=f"{names[index]} reasoning", hovertemplate="reasoning layer<extra>%{fullData.name}</extra>",
                               row=1, col=1)
     for shared in report["shared_reasoning_layers"]:
         chart.add_vline(x=shared["relative_depth"], line={"color": "gold", "dash": "dot"}, row=1, col=1)
-    names = report["names"]
     chart.add_heatmap(z=report["similarity_matrix"], x=names, y=names, zmin=-1, zmax=1, colorscale="RdBu_r",
                       texttemplate="%{z:.2f}", hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>", row=1, col=2)
     chart.update_xaxes(title_text="relative depth = layer / (L - 1)", row=1, col=1)
@@ -116,13 +146,13 @@ def figure(report: dict) -> go.Figure:
 
 def summary(report: dict) -> list:
     """Per model: depth, probe, mean damage, peak and reasoning layers; each pair's correlations; shared depths."""
-    table = Table("model", "layers", "probe", "mean damage", "most damaging layer (depth)", "reasoning layers")
-    for model in report["models"]:
-        table.add_row(escape(model["name"]), str(model["total_layers"]), escape(model["probe"]),
-                      f"{model['mean_sensitivity']:.4f}",
+    table = Table("model", "layers", "probe", "mean damage", "peak (depth)", "reasoning layers", box=box.SIMPLE_HEAD,
+                  show_edge=False, pad_edge=False)
+    for model, name in zip(report["models"], legend_names(report["models"])):
+        table.add_row(escape(name), str(model["total_layers"]), escape(model["probe"]), number(model["mean_sensitivity"]),
                       f"{model['most_damaging_layer']} ({model['most_damaging_relative_depth']:.2f})",
-                      str(model["reasoning_layers"]))
-    lines: list = [table]
+                      ", ".join(map(str, model["reasoning_layers"])) or "none")
+    lines: list = [*(f"[yellow]warning:[/yellow] {escape(warning)}" for warning in report.get("warnings", [])), table]
     names = report["names"]
     for i, j in ((i, j) for i in range(len(names)) for j in range(i + 1, len(names))):
         lines.append(f"{escape(names[i])} vs {escape(names[j])}: "

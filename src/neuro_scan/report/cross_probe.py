@@ -11,17 +11,22 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+from rich import box
+from rich.markup import escape
 from rich.table import Table
 
-from neuro_scan.analysis.cross_probe import CrossProbeResult, ProbeAblation
 from neuro_scan.report import ReportFiles, ablation
-from neuro_scan.report.charts import interval_bars
-from neuro_scan.report.document import PROBE_KEYS, correlation_text, header
+from neuro_scan.report.charts import SIGNIFICANCE, integer_axis, interval_bars, note
+from neuro_scan.report.document import PROBE_KEYS, correlation_text, header, number
 from neuro_scan.report.read import FORMATS
-from neuro_scan.session import RunInfo
+
+if TYPE_CHECKING:  # annotations only: the runner imports report modules before torch
+    from neuro_scan.analysis.cross_probe import CrossProbeResult, ProbeAblation
+    from neuro_scan.session import RunInfo
 
 FORMAT = FORMATS["cross-probe"]
 MULTI_PROBE_FORMAT = FORMATS["multi-probe"]
@@ -55,7 +60,7 @@ def _probe_entry(entry: ProbeAblation, top_k: int) -> dict:
         "baseline": scan.baseline.score.mean,
         "baseline_ci": scan.baseline.score.as_list(),
         "baseline_accuracy": scan.baseline.accuracy.mean,
-        "top_layers": [int(i) for i in scan.top_layers(top_k)],
+        "top_layers": [int(i) for i in scan.important_layers[:top_k]],
         "significant_layers": [int(i) for i in scan.important_layers],
         "ablation_deltas": [layer.damage.mean for layer in scan.layers],
         "ablation_deltas_ci": [layer.damage.as_list() for layer in scan.layers],
@@ -66,6 +71,7 @@ def _probe_entry(entry: ProbeAblation, top_k: int) -> dict:
 def document(result: CrossProbeResult, run: RunInfo) -> dict:
     return {
         **_common(run, FORMAT),
+        "warnings": result.warnings,
         "probes": result.names,
         "universal_layers": result.universal_layers,
         "probe_specific_layers": result.specific_layers,
@@ -85,37 +91,47 @@ def document(result: CrossProbeResult, run: RunInfo) -> dict:
 
 
 def figure(report: dict) -> go.Figure:
-    """Damage per layer for every probe (with intervals), and the Spearman/Pearson matrices."""
+    """Damage per layer for every probe (with intervals; filled markers: significant damage), and
+    the Spearman/Pearson matrices."""
     names = report["probes"]
     chart = make_subplots(rows=2, cols=2, specs=[[{"colspan": 2}, None], [{}, {}]], row_heights=[0.6, 0.4],
                           subplot_titles=("damage per layer", "Pearson", "Spearman"), vertical_spacing=0.12)
     for entry in report["per_probe"]:
         deltas = entry["ablation_deltas"]
+        significant = set(entry["significant_layers"])
         chart.add_scatter(
             x=list(range(len(deltas))), y=deltas, mode="lines+markers", name=entry["probe"],
+            marker={"symbol": ["circle" if i in significant else "circle-open" for i in range(len(deltas))],
+                    "size": 9},
             error_y=interval_bars(deltas, entry["ablation_deltas_ci"]),
-            hovertemplate="layer %{x}<br>damage %{y:.4f} nats<extra>%{fullData.name}</extra>", row=1, col=1)
+            customdata=["significant" if i in significant else "not significant" for i in range(len(deltas))],
+            hovertemplate="layer %{x}<br>damage %{y:.4g} nats (%{customdata})<extra>%{fullData.name}</extra>",
+            row=1, col=1)
     for layer in sorted(set(report["universal_layers"])):
         chart.add_vline(x=layer, line={"color": "gold", "width": 2, "dash": "dot"}, row=1, col=1)
     for col, key in ((1, "correlation_matrix"), (2, "spearman_matrix")):
         chart.add_heatmap(z=report[key], x=names, y=names, zmin=-1, zmax=1, colorscale="RdBu_r", showscale=col == 2,
                           texttemplate="%{z:.2f}", colorbar={"y": 0.2, "len": 0.4},
                           hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>", row=2, col=col)
-    chart.update_xaxes(title_text="layer skipped", row=1, col=1)
+    chart.update_xaxes(title_text="layer skipped", **integer_axis(report["total_layers"]), row=1, col=1)
+    note(chart, f"filled markers: significant damage ({SIGNIFICANCE}); open: not significant; dotted lines: "
+                "universal layers, significant in every probe")
     chart.update_yaxes(title_text="damage (nats)", row=1, col=1)
     chart.update_layout(
         title=f"Cross-probe ablation — {report['model']} · universal layers (dotted): {report['universal_layers'] or 'none'}",
-        template="plotly_white", height=900, legend={"y": 1, "yanchor": "top"},
+        template="plotly_white", height=900, legend={"y": 1, "yanchor": "top"}, margin={"t": 100},
     )
     return chart
 
 
 def summary(report: dict) -> list:
     """Per probe: baseline and significant layers; the universal layers; each pair's correlations."""
-    table = Table("probe", "samples", "baseline (nats)", "significant layers", "only here")
+    table = Table("probe", "samples", "baseline", "accuracy", "significant layers", "only here", box=box.SIMPLE_HEAD,
+                  show_edge=False, pad_edge=False)
     for entry in report["per_probe"]:
-        table.add_row(entry["probe"], str(entry["sample_count"]), f"{entry['baseline']:.3f}",
-                      str(entry["significant_layers"]), str(report["probe_specific_layers"][entry["probe"]]))
+        table.add_row(escape(entry["probe"]), str(entry["sample_count"]), number(entry["baseline"]),
+                      f"{entry['baseline_accuracy']:.3f}", ", ".join(map(str, entry["significant_layers"])) or "none",
+                      ", ".join(map(str, report["probe_specific_layers"][entry["probe"]])) or "none")
     lines: list = [table, f"universal layers (significant damage in every probe): {report['universal_layers'] or 'none'}"]
     names = report["probes"]
     for i, j in ((i, j) for i in range(len(names)) for j in range(i + 1, len(names))):

@@ -69,3 +69,27 @@ def finished(document: dict, phase: str) -> bool:
 def correlation_text(value: float | None) -> str:
     """A correlation for the terminal; None is a flat profile's (undefined) correlation."""
     return "n/a (flat profile)" if value is None else f"{value:.3f}"
+
+
+def sample_list(probe) -> list[dict]:
+    """``samples``: each sample's prompt, answer and category, in the probe's order (per-sample
+    lists elsewhere in the document follow it)."""
+    return [{"prompt": s.prompt, "answer": s.answer, "category": s.category} for s in probe.samples]
+
+
+def number(value: float | None, digits: int = 4) -> str:
+    """A number for people: ``digits`` significant digits, so a tiny value reads -2.1e-05, never -0.000."""
+    if value is None:
+        return "n/a"
+    return "0" if value == 0 else f"{value:.{digits}g}"
+
+
+def interval_text(interval: list[float], digits: int = 4) -> str:
+    return f"{number(interval[0], digits)}..{number(interval[1], digits)}"
+
+
+def p_text(p_value: float | None) -> str:
+    """An adjusted p-value as the tables show it: two significant digits, '<0.001' below that."""
+    if p_value is None:
+        return "n/a"
+    return "<0.001" if p_value < 0.001 else f"{p_value:.2g}"

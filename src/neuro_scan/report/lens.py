@@ -9,18 +9,22 @@ figures are `map`'s too.
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from neuro_scan.analysis.lens import LensResult, LensRun
-from neuro_scan.analysis.tuned_lens import LensRecord
 from neuro_scan.report import ReportFiles
-from neuro_scan.report.charts import integer_axis, title
-from neuro_scan.report.document import header
+from neuro_scan.report.charts import integer_axis, layer_heatmap_height, note, shorten, title
+from neuro_scan.report.document import header, sample_list
 from neuro_scan.report.read import FORMATS
-from neuro_scan.session import RunInfo
+
+if TYPE_CHECKING:  # annotations only: the runner imports report modules before torch
+    from neuro_scan.analysis.lens import LensResult, LensRun
+    from neuro_scan.analysis.tuned_lens import LensRecord
+    from neuro_scan.session import RunInfo
 
 FORMAT = FORMATS["lens"]
 
@@ -31,13 +35,16 @@ def files(result: LensRun, run: RunInfo) -> ReportFiles:
 
 
 def document(result: LensRun, run: RunInfo) -> dict:
-    return {**header(run, "logit-lens", FORMAT), "logit_lens_trajectory": trajectory(result.lens),
-            "logit_lens": section(result.lens, result.tuned), "tuned_lens_file": result.lens_file}
+    return {**header(run, "logit-lens", FORMAT), "warnings": result.warnings, "samples": sample_list(run.probe),
+            "logit_lens_trajectory": trajectory(result.lens), "logit_lens": section(result.lens, result.tuned),
+            "tuned_lens_file": result.lens_file}
 
 
 def trajectory(lens: LensResult) -> list[list[dict]]:
-    """The reference's ``logit_lens_trajectory``: [sample][layer] objects."""
+    """The reference's ``logit_lens_trajectory``: [sample][layer] objects; ours add every answer
+    token read at its own position (``answer_positions``)."""
     samples = len(lens.answer_tokens)
+    positions = [[m for m, sample in enumerate(lens.token_sample) if sample == s] for s in range(samples)]
     return [
         [
             {
@@ -49,11 +56,19 @@ def trajectory(lens: LensResult) -> list[list[dict]]:
                 "entropy": float(layer.entropy_bits[s]),
                 "kl_to_final_bits": float(layer.kl_to_final_bits[s]),
                 "top_k": [[tok, float(p)] for tok, p in zip(layer.top_tokens[s], layer.top_probs[s])],
+                "answer_positions": [_position(lens, layer, m) for m in positions[s]],
             }
             for layer in lens.layers
         ]
         for s in range(samples)
     ]
+
+
+def _position(lens: LensResult, layer, m: int) -> dict:
+    """Answer token ``m`` at the position that predicts it: its probability and rank, and the top tokens there."""
+    reads = layer.tokens
+    return {"token": lens.token_text[m], "prob": float(reads.probs[m]), "rank": int(reads.ranks[m]),
+            "top_k": [[tok, float(p)] for tok, p in zip(reads.top_tokens[m], reads.top_probs[m])]}
 
 
 def section(lens: LensResult, tuned: LensRecord | None = None) -> dict:
@@ -64,7 +79,8 @@ def section(lens: LensResult, tuned: LensRecord | None = None) -> dict:
         "position": "answer probability and rank over every answer token, each at the position predicting it; "
                     "top-k, entropy and KL at each sample's first answer position",
         "answer_prob_definition": "probability of the whole answer (product over its tokens, teacher-forced)",
-        "answer_rank_definition": "worst rank among the answer's tokens (0: every answer token is top-1)",
+        "answer_rank_definition": "worst rank among the answer's tokens, counted from 0 (0: every answer token is "
+                                  "top-1); the charts show it from 1",
         "kl_definition": "KL(model's final distribution || lens distribution), bits",
         "entropy_unit": "bits",
         "answer_tokens": lens.answer_tokens,
@@ -91,40 +107,63 @@ def _lens_name(lens: dict) -> str:
     return "Tuned lens" if lens["lens"] == "tuned" else "Logit lens"
 
 
+def sample_names(report: dict) -> list[str]:
+    """One label per sample, the same on every chart: its number, its prompt (shortened) and its
+    whole answer (documents without ``samples`` name the answer's first token)."""
+    samples = report.get("samples")
+    if samples:
+        return [f"{i + 1}. {shorten(s['prompt'])} → {s['answer'].strip()!r}" for i, s in enumerate(samples)]
+    return [f"{i + 1}. answer {token!r}" for i, token in enumerate(report["logit_lens"]["answer_tokens"])]
+
+
+def _hover(cell: dict) -> str:
+    """A cell's hover: the whole answer's rank (from 1), entropy and KL, then every answer token at
+    its own position with its probability, rank and the lens's top tokens there."""
+    lines = [f"worst answer-token rank {cell['target_token_rank'] + 1} · entropy {cell['entropy']:.2f} bits · "
+             f"KL to final {cell['kl_to_final_bits']:.2f} bits"]
+    positions = cell.get("answer_positions") or [{"token": "(first)", "prob": None, "rank": None, "top_k": cell["top_k"]}]
+    for position in positions:
+        read = "" if position["prob"] is None else f" p {position['prob']:.3f}, rank {position['rank'] + 1}"
+        tops = ", ".join(f"{tok!r} {p:.2f}" for tok, p in position["top_k"])
+        lines.append(f"{position['token']!r}{read} · top: {tops}")
+    return "<br>".join(lines)
+
+
 def answer_figure(report: dict) -> go.Figure:
-    """Heatmap of p(answer) per layer (x) and sample (y); hover lists the top tokens; markers
-    show where the answer becomes top-1 (and stays) and where p(answer) crosses the threshold."""
+    """Heatmap of the whole answer's probability per layer (x) and sample (y, labelled with its
+    prompt and answer); hover reads every answer token at its own position; markers show where
+    the answer becomes top-1 (and stays) and where p(answer) crosses the threshold."""
     samples = report["logit_lens_trajectory"]
     lens = report["logit_lens"]
+    names = sample_names(report)
     z = [[cell["target_token_prob"] for cell in sample] for sample in samples]
-    hover = [[
-        f"answer rank {cell['target_token_rank']} · entropy {cell['entropy']:.2f} bits · "
-        f"KL to final {cell['kl_to_final_bits']:.2f} bits<br>"
-        + "<br>".join(f"{tok!r} {p:.3f}" for tok, p in cell["top_k"])
-        for cell in sample] for sample in samples]
-    names = [f"{i}: {tok!r}" for i, tok in enumerate(lens["answer_tokens"])]
     figure = go.Figure(go.Heatmap(
         z=z, x=list(range(len(z[0]) if z else 0)), y=names, colorscale="Viridis", zmin=0, zmax=1,
-        text=hover, hovertemplate="layer %{x}<br>sample %{y}<br>p(answer) %{z:.3f}<br>%{text}<extra></extra>",
-        colorbar={"title": "p(answer)"},
+        text=[[_hover(cell) for cell in sample] for sample in samples],
+        hovertemplate="layer %{x} · %{y}<br>p(whole answer) %{z:.3f}<br>%{text}<extra></extra>",
+        colorbar={"title": "p(whole<br>answer)"},
     ))
     markers = (
-        ("per_sample_emergence", "answer stays top-1", {"symbol": "diamond", "color": "red", "size": 10}),
-        ("per_sample_prob_emergence", f"p(answer) stays ≥ {lens['prob_emergence_threshold']}",
-         {"symbol": "circle-open", "color": "white", "size": 12, "line": {"width": 2}}),
+        ("per_sample_emergence", "answer stays top-1 from here",
+         {"symbol": "diamond", "color": "#ff3b30", "size": 10, "line": {"color": "white", "width": 1}}),
+        ("per_sample_prob_emergence", f"p(answer) stays ≥ {lens['prob_emergence_threshold']} from here",
+         {"symbol": "circle-open", "color": "#ff4fd8", "size": 13, "line": {"width": 3}}),
     )
     for key, what, marker in markers:
         emerged = [(layer, names[i]) for i, layer in enumerate(lens[key]) if layer is not None]
         if emerged:
             figure.add_scatter(x=[e[0] for e in emerged], y=[e[1] for e in emerged], mode="markers", name=what,
-                               marker=marker, hovertemplate=f"{what} from layer %{{x}}<extra></extra>")
+                               marker=marker, hovertemplate=f"{what}: layer %{{x}}<extra></extra>")
     if lens["emergence_layer"] is not None:
-        figure.add_vline(x=lens["emergence_layer"], line_dash="dash", line_color="red",
+        figure.add_vline(x=lens["emergence_layer"], line_dash="dash", line_color="#ff3b30",
                          annotation_text="probe emergence", annotation_position="top")
+    note(figure, "colour: probability of the whole answer (product over its tokens, each read at the position "
+                 "predicting it); hover: every answer token, ranks from 1")
     figure.update_layout(title=title(report, f"{_lens_name(lens)}: probability of the answer"),
-                         xaxis_title="layer", yaxis_title="sample: answer token", template="plotly_white",
-                         xaxis=integer_axis(report["total_layers"]),
-                         legend={"orientation": "h", "y": -0.15})
+                         xaxis_title="layer", yaxis_title="", template="plotly_white",
+                         xaxis=integer_axis(report["total_layers"]), yaxis={"autorange": "reversed"},
+                         height=layer_heatmap_height(len(samples)), margin={"t": 100, "l": 20},
+                         legend={"orientation": "h", "y": -0.08, "yanchor": "top"})
     return figure
 
 
@@ -133,13 +172,13 @@ def entropy_figure(report: dict) -> go.Figure:
     sample, the mean with its 95% bootstrap interval, and the mean KL to the final distribution."""
     lens = report["logit_lens"]
     layers = list(range(len(lens["mean_entropy_bits"])))
+    names = sample_names(report)
     figure = go.Figure()
     for index, sample in enumerate(report["logit_lens_trajectory"]):
         figure.add_scatter(x=layers, y=[cell["entropy"] for cell in sample], mode="lines",
                            line={"color": "rgba(120,120,120,0.25)", "width": 1}, showlegend=index == 0,
                            name="samples", legendgroup="samples",
-                           hovertemplate=f"sample {index} ({lens['answer_tokens'][index]!r})<br>layer %{{x}}: "
-                                         "%{y:.2f} bits<extra></extra>")
+                           hovertemplate=f"{names[index]}<br>layer %{{x}}: %{{y:.2f}} bits<extra></extra>")
     low, high = zip(*lens["mean_entropy_bits_ci"]) if layers else ((), ())
     figure.add_scatter(x=layers + layers[::-1], y=list(high) + list(low)[::-1], fill="toself",
                        fillcolor="rgba(76,120,168,0.25)", line={"width": 0}, name="95% CI of the mean",
@@ -159,12 +198,16 @@ def summary(report: dict) -> list:
     """The run, a row per layer (p(answer), top-1 share, entropy, KL) and the emergence layers."""
     lens = report["logit_lens"]
     name = "tuned lens " + str(report["tuned_lens_file"]) if lens["lens"] == "tuned" else "logit lens"
-    layers = Table("layer", "mean p(answer)", "top-1 fraction", "entropy (bits)", "KL to final (bits)")
+    layers = Table("layer", "mean p(answer)", "top-1 share", "entropy (bits)", "KL to final (bits)",
+                   box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for layer, values in enumerate(zip(lens["mean_answer_prob"], lens["top1_fraction"], lens["mean_entropy_bits"],
                                        lens["mean_kl_to_final_bits"])):
         layers.add_row(str(layer), *(f"{v:.3f}" for v in values))
+    def since(layer: int | None) -> str:
+        return "never" if layer is None else f"from layer {layer}"
+
     return [f"[bold]{escape(report['model'])}[/bold] · probe [bold]{escape(report['probe'])}[/bold] · "
             f"{report['sample_count']} samples · {escape(name)}",
             layers,
-            f"emergence (answer stays top-1 for half the samples): layer {lens['emergence_layer']}; "
-            f"p(answer) >= {lens['prob_emergence_threshold']}: layer {lens['prob_emergence_layer']}"]
+            f"the answer stays top-1 for half the samples: {since(lens['emergence_layer'])}; "
+            f"p(answer) >= {lens['prob_emergence_threshold']}: {since(lens['prob_emergence_layer'])}"]

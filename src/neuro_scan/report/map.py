@@ -9,18 +9,51 @@ that failed or has not run yet leaves its keys empty (the reference's hold [], `
 
 from __future__ import annotations
 
-from neuro_scan.analysis.labels import LayerLabel
-from neuro_scan.analysis.map import MapResult
+from typing import TYPE_CHECKING
+
+import plotly.graph_objects as go
+
 from neuro_scan.report import ReportFiles, ablation, attention, lens
+from neuro_scan.report.charts import LABEL_COLOURS, integer_axis, title
 from neuro_scan.report.document import failed_phases, finished, header, phases_section, running
 from neuro_scan.report.read import FORMATS
-from neuro_scan.session import RunInfo
+
+if TYPE_CHECKING:  # annotations only: the runner imports report modules before torch
+    from neuro_scan.analysis.labels import LayerLabel
+    from neuro_scan.analysis.map import MapResult
+    from neuro_scan.session import RunInfo
 
 FORMAT = FORMATS["map"]
+
+
+def influence_figure(report: dict) -> go.Figure:
+    """Block influence per layer (bars, coloured by label) beside the exact damage (line): how far
+    the cheap proxy ranks the layers as the ablation does."""
+    influence = report["block_influence"]
+    labels = report.get("layer_labels") or {}
+    layers = list(range(len(influence)))
+    chart = go.Figure()
+    chart.add_bar(x=layers, y=influence, name="block influence", yaxis="y",
+                  marker_color=[LABEL_COLOURS.get(labels.get(str(i), ""), "#9d9d9d") for i in layers],
+                  customdata=[labels.get(str(i), "") for i in layers],
+                  hovertemplate="layer %{x}: block influence %{y:.4f}<br>label %{customdata}<extra></extra>")
+    chart.add_scatter(x=layers, y=[r["score_delta"] for r in report["ablation_results"]], name="damage (exact)",
+                      yaxis="y2", mode="lines+markers", line={"color": "#222", "width": 2},
+                      hovertemplate="layer %{x}: damage %{y:.4g} nats<extra></extra>")
+    chart.update_layout(title=title(report, "Block influence per layer, beside the damage"),
+                        template="plotly_white", xaxis={"title": "layer", **integer_axis(len(layers))},
+                        yaxis={"title": "block influence = 1 − cos(layer input, output)"},
+                        yaxis2={"title": "damage (nats)", "overlaying": "y", "side": "right", "showgrid": False},
+                        legend={"orientation": "h", "y": -0.2})
+    return chart
+
+
 PAGES = {  # page -> (the phase it shows, its figure); the dashboard titles them from dashboard.TITLES
     "ablation.html": ("ablation", ablation.figure),
+    "accuracy.html": ("ablation", ablation.accuracy_figure),
     "logit_lens.html": ("lens", lens.answer_figure),
     "entropy_profile.html": ("lens", lens.entropy_figure),
+    "block_influence.html": ("lens", influence_figure),
     "attention.html": ("attention", attention.figure),
 }
 
@@ -40,7 +73,8 @@ def files_of(report: dict) -> ReportFiles:
 
 
 def document(result: MapResult, run: RunInfo) -> dict:
-    report = {**header(run, "map", FORMAT), **phases_section(result.phases), **ablation.section(result.ablation, run),
+    report = {**header(run, "map", FORMAT), "warnings": result.warnings, **phases_section(result.phases),
+              **ablation.section(result.ablation, run),
               **_labels(result.labels, run.model.num_layers)}
     report["logit_lens_trajectory"] = lens.trajectory(result.lens) if result.lens is not None else []
     report["logit_lens"] = lens.section(result.lens, result.tuned) if result.lens is not None else None
@@ -61,4 +95,4 @@ def _labels(labels: list[LayerLabel] | None, num_layers: int) -> dict:
     }
 
 
-summary = ablation.summary  # the run, the baseline and the top layers with their labels
+summary = ablation.summary  # the run, the baseline and the most damaging layers with their labels

@@ -6,17 +6,22 @@ prompt_repeat.json keeps the reference's ``repeat_results`` (repeat count -> mea
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from neuro_scan.analysis.prompt_repeat import Condition, Duplication, Match, PromptRepeatResult
 from neuro_scan.report import ReportFiles
-from neuro_scan.report.charts import interval_bars
+from neuro_scan.report.charts import integer_axis, interval_bars
 from neuro_scan.report.document import header
 from neuro_scan.report.read import FORMATS
-from neuro_scan.session import RunInfo
+
+if TYPE_CHECKING:  # annotations only: the runner imports report modules before torch
+    from neuro_scan.analysis.prompt_repeat import Condition, Duplication, Match, PromptRepeatResult
+    from neuro_scan.session import RunInfo
 
 FORMAT = FORMATS["prompt-repeat"]
 
@@ -45,6 +50,7 @@ def _match(match: Match) -> dict:
 def document(result: PromptRepeatResult, run: RunInfo) -> dict:
     report = header(run, "prompt-repeat", FORMAT)
     report.update({
+        "warnings": result.warnings,
         "repeat_results": {str(r.count): r.condition.score for r in result.repetitions},
         "baseline_x1": result.baseline.score,
         "baseline": _condition(result.baseline),
@@ -102,9 +108,10 @@ def figure(report: dict) -> go.Figure:
     chart.add_heatmap(z=z, x=list(range(layers)), y=[f"K={k}" for k in sizes], colorscale="RdBu", zmid=0,
                       colorbar={"title": "change (nats)", "y": 0.22, "len": 0.45},
                       hovertemplate="block of %{y} from layer %{x}<br>change %{z:.4f}<extra></extra>", row=2, col=1)
-    chart.update_xaxes(title_text="repeat count N", dtick=1, row=1, col=1)
+    chart.update_xaxes(title_text="repeat count N", tickmode="array", tickvals=counts, row=1, col=1)
     chart.update_yaxes(title_text="score change (nats)", row=1, col=1)
-    chart.update_xaxes(title_text="first layer of the duplicated block", row=2, col=1)
+    chart.update_xaxes(title_text="first layer of the duplicated block", **integer_axis(layers), row=2, col=1)
+    chart.update_yaxes(title_text="block size K", row=2, col=1)
     chart.update_layout(
         title=f"Prompt repetition vs layer duplication — {report['model']} · probe {report['probe']} "
               f"({report['sample_count']} samples)", template="plotly_white", height=850)
@@ -113,14 +120,18 @@ def figure(report: dict) -> go.Figure:
 
 def summary(report: dict) -> list:
     """Per repeat count: its change, the closest duplication, their difference and the verdict."""
-    table = Table("N", "change (95% CI)", "closest: layers run twice", "their change", "difference (95% CI)", "verdict")
+    table = Table("N", "change", "95% CI", "layers twice", "difference", "verdict", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+
+    def ci(interval: list[float]) -> str:
+        return f"{interval[0]:+.2f}..{interval[1]:+.2f}"
+
     for rep in report["repetitions"]:
         best = rep["best_matches"][0]
         layers = str(best["first"]) if best["size"] == 1 else f"{best['first']}..{best['stop'] - 1}"
-        table.add_row(str(rep["count"]), f"{rep['change']:+.3f} ({rep['change_ci'][0]:+.3f}..{rep['change_ci'][1]:+.3f})",
-                      layers, f"{best['change']:+.3f}",
-                      f"{best['difference']:+.3f} ({best['difference_ci'][0]:+.3f}..{best['difference_ci'][1]:+.3f})",
-                      rep["verdict"].replace("_", " "))
+        table.add_row(str(rep["count"]), f"{rep['change']:+.3f}", ci(rep["change_ci"]), layers,
+                      ci(best["difference_ci"]), rep["verdict"].replace("_", " "))
     return [f"[bold]{escape(report['model'])}[/bold] · probe {escape(report['probe'])} ({report['sample_count']} "
             f"samples) · {len(report['duplications'])} duplicated blocks of sizes {report['block_sizes']}",
+            "change: score change (nats) against the plain prompt; layers twice: the duplicated block whose change is "
+            "closest; difference: 95% CI of (repetition − that duplication)",
             table]
