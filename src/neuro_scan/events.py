@@ -51,6 +51,8 @@ class ConfigurationScored:
     damage: float  # baseline score - this score
     accuracy: float
     answer_logprob: list[float] = field(default_factory=list)  # per sample
+    low: float | None = None  # the damage's 95% interval, when the scan computes it as it goes
+    high: float | None = None
 
 
 @dataclass(frozen=True)

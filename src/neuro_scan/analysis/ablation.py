@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from neuro_scan.frames import Framed
-from neuro_scan.engine import Engine, Progress
+from neuro_scan.engine import Engine, Progress, Scored
 from neuro_scan.scoring import SampleScores
 from neuro_scan.statistics import Interval, mean_intervals
 
@@ -119,10 +119,12 @@ def layer_ablations(baseline: SampleScores, ablated: list[SampleScores], seed: i
     ]
 
 
-def run_ablation(engine: Engine, seed: int, progress: Progress | None = None) -> AblationResult:
+def run_ablation(engine: Engine, seed: int, progress: Progress | None = None,
+                 on_scored: Scored | None = None) -> AblationResult:
+    """``on_scored(layer, scores)`` as each skipped layer is scored (the live view of a scan)."""
     started = time.perf_counter()
     configurations = [frozenset({layer}) for layer in range(engine.num_layers)]
-    ablated = engine.skip_scan(configurations, progress)
+    ablated = engine.skip_scan(configurations, progress, on_scored)
     return ablation_result(engine.baseline, ablated, seed, time.perf_counter() - started)
 
 
@@ -153,9 +155,15 @@ def execute(session, options) -> AblationResult:
     engine = session.engine
     with session.phase("ablation", f"ablating {engine.num_layers} layers", engine.num_layers,
                        timing="ablation_seconds") as advance:
-        result = run_ablation(engine, seed=options.seed, progress=advance)
-    for layer in result.layers:
-        session.sink(ConfigurationScored("ablation", layer.layer, f"L{layer.layer}", layer.score, layer.damage.mean,
-                                         layer.accuracy, result.ablated_logprob[layer.layer].tolist()))
+        baseline = engine.baseline
+
+        def scored(layer: int, scores: SampleScores) -> None:
+            """The live view: the layer's damage with the interval the report will give it (rows
+            are resampled alike, so a row's interval does not depend on the other layers)."""
+            damage = mean_intervals((baseline.answer_logprob - scores.answer_logprob)[None], options.seed)[0]
+            session.sink(ConfigurationScored("ablation", layer, f"L{layer}", scores.score, damage.mean,
+                                             scores.accuracy, scores.answer_logprob.tolist(), damage.low, damage.high))
+
+        result = run_ablation(engine, seed=options.seed, progress=advance, on_scored=scored)
     result.warnings = announce(session, scan_warnings(result))
     return result
