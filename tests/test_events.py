@@ -29,3 +29,15 @@ def test_each_layer_is_reported_as_it_is_scored_and_equals_the_report(tmp_path):
     assert kinds[0] == "PhaseStarted" and kinds[-1] == "Finished"
     assert [e.written for e in seen if isinstance(e, events.Finished)] == [[str(p) for p in outcome.written]]
     assert all(events.event_to_dict(e)["event"] == type(e).__name__ for e in seen)  # JSON-friendly
+
+
+def test_each_pair_of_a_circuit_is_reported_as_it_is_scored(tmp_path):
+    seen: list[events.Event] = []
+    outcome = run("circuit", model="demo", probe="arith", strategy="exhaustive", output=str(tmp_path),
+                  sink=seen.append)
+    pairs = [event for event in seen if isinstance(event, events.ConfigurationScored) and event.phase == "pairs"]
+    written = {(p["layer_i"], p["layer_j"]): p for p in outcome.document["all_interactions"]}
+    assert sorted(event.label for event in pairs) == sorted(f"L{i}+L{j}" for i, j in written)
+    for event in pairs:
+        i, j = (int(part[1:]) for part in event.label.split("+"))
+        assert event.damage == pytest.approx(written[(i, j)]["joint_delta"], abs=1e-12)

@@ -38,7 +38,7 @@ import torch
 
 from neuro_scan.frames import Framed
 from neuro_scan.analysis.ablation import AblationResult, ablation_result
-from neuro_scan.engine import Engine, Progress
+from neuro_scan.engine import Engine, Progress, Scored
 from neuro_scan.errors import UsageError
 from neuro_scan.report.read import Report, read_report, read_scan
 from neuro_scan.scoring import SampleScores
@@ -173,11 +173,12 @@ def _ordered(a: int, b: int) -> tuple[int, int]:
 
 
 def run_circuit(engine: Engine, singles: AblationResult, plan: PairPlan, seed: int,
-                progress: Progress | None = None) -> CircuitResult:
+                progress: Progress | None = None, on_scored: Scored | None = None) -> CircuitResult:
+    """``on_scored(pair index, scores)`` as each pair is scored."""
     started = time.perf_counter()
     if not plan.pairs:  # e.g. no layer whose removal hurts: no candidates
         return CircuitResult(plan, singles, [], 0.0)
-    joint = engine.skip_scan([frozenset(pair) for pair in plan.pairs], progress)
+    joint = engine.skip_scan([frozenset(pair) for pair in plan.pairs], progress, on_scored)
     baseline = engine.baseline.answer_logprob
     single_damage = baseline - singles.ablated_logprob  # [L, S]
     joint_damage = np.stack([baseline - scores.answer_logprob for scores in joint])  # [P, S]
@@ -214,6 +215,7 @@ def stored_scan_in(folder: Path, engine: Engine, seed: int) -> tuple[AblationRes
 
 def execute(session, options) -> CircuitRun:
     from neuro_scan.analysis import ablation
+    from neuro_scan.events import ConfigurationScored
     from neuro_scan.caveats import announce, scan_warnings
 
     engine = session.engine
@@ -230,5 +232,11 @@ def execute(session, options) -> CircuitRun:
                    f"samples; single-layer scan {source}")
     with session.phase("pairs", f"ablating {len(plan.pairs)} layer pairs", len(plan.pairs),
                        timing="pairs_seconds") as advance:
-        result = run_circuit(engine, singles, plan, options.seed, advance)
+        def scored(index: int, scores: SampleScores) -> None:
+            i, j = plan.pairs[index]
+            joint = mean_intervals((engine.baseline.answer_logprob - scores.answer_logprob)[None], options.seed)[0]
+            session.sink(ConfigurationScored("pairs", index, f"L{i}+L{j}", scores.score, joint.mean, scores.accuracy,
+                                             scores.answer_logprob.tolist(), joint.low, joint.high))
+
+        result = run_circuit(engine, singles, plan, options.seed, advance, scored)
     return CircuitRun(result, source, singles.warnings)
