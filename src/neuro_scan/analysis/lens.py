@@ -199,7 +199,21 @@ class LensRun(Framed):
     lens: LensResult
     tuned: LensRecord | None = None
     lens_file: str | None = None
+    plain: LensResult | None = None  # beside a tuned lens: the logit lens, for the side-by-side chart
     warnings: list[str] = field(default_factory=list)  # what may make it mislead (neuro_scan.caveats)
+
+
+def read_lenses(engine: Engine, translator: Translator | None, top_k: int, seed: int,
+                progress: Progress | None = None) -> tuple[LensResult, LensResult | None]:
+    """The lens asked for and, when it is a tuned lens, the plain logit lens beside it (both read
+    from the same cached streams); ``progress(1)`` per layer of each: :func:`lens_units` in all."""
+    lens = run_lens(engine, top_k=top_k, translator=translator, seed=seed, progress=progress)
+    plain = run_lens(engine, top_k=top_k, seed=seed, progress=progress) if translator is not None else None
+    return lens, plain
+
+
+def lens_units(engine: Engine, translator: Translator | None) -> int:
+    return engine.num_layers * (1 if translator is None else 2)
 
 
 def execute(session, options) -> LensRun:
@@ -207,7 +221,7 @@ def execute(session, options) -> LensRun:
 
     translator, record = session.tuned_lens()
     engine = session.engine
-    with session.phase("lens", "reading every layer through the lens", engine.num_layers,
+    with session.phase("lens", "reading every layer through the lens", lens_units(engine, translator),
                        timing="lens_seconds") as advance:
-        lens = run_lens(engine, top_k=options.top_tokens, translator=translator, seed=options.seed, progress=advance)
-    return LensRun(lens, record, options.tuned_lens, announce(session, lens_warnings(lens)))
+        lens, plain = read_lenses(engine, translator, options.top_tokens, options.seed, advance)
+    return LensRun(lens, record, options.tuned_lens, plain, announce(session, lens_warnings(lens)))

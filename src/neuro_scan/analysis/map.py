@@ -31,6 +31,7 @@ class MapResult(Framed):
     labels: list[LayerLabel] | None = None
     attention: AttentionResult | None = None
     tuned: LensRecord | None = None
+    plain_lens: LensResult | None = None  # beside a tuned lens: the logit lens, for the side-by-side chart
     warnings: list[str] = field(default_factory=list)  # what may make it mislead (neuro_scan.caveats)
 
 
@@ -39,7 +40,7 @@ def execute(session, options) -> MapResult:
     from neuro_scan.caveats import announce, lens_warnings
     from neuro_scan.analysis.influence import block_influence
     from neuro_scan.analysis.labels import label_layers
-    from neuro_scan.analysis.lens import run_lens
+    from neuro_scan.analysis.lens import lens_units, read_lenses
 
     translator, record = session.tuned_lens()
     result = MapResult(ablation.execute(session, options), tuned=record,
@@ -49,15 +50,13 @@ def execute(session, options) -> MapResult:
     session.save_progress(result)
 
     def lens_phase() -> None:
-        layers = session.engine.num_layers
-        with session.phase("lens", "logit lens, block influence, labels", layers + 1,
+        with session.phase("lens", "logit lens, block influence, labels", lens_units(session.engine, translator) + 1,
                            timing="lens_and_influence_seconds") as advance:
-            lens = run_lens(session.engine, top_k=LENS_TOP_TOKENS, translator=translator, seed=options.seed,
-                            progress=advance)
+            lens, plain = read_lenses(session.engine, translator, LENS_TOP_TOKENS, options.seed, advance)
             influence = block_influence(session.engine)
             advance(1)
             labels = label_layers(result.ablation, influence, lens)
-        result.lens, result.block_influence, result.labels = lens, influence, labels
+        result.lens, result.plain_lens, result.block_influence, result.labels = lens, plain, influence, labels
         result.warnings += announce(session, lens_warnings(lens))
 
     session.guarded("lens", result.phases, lens_phase)

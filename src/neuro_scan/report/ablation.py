@@ -165,6 +165,7 @@ def figure(report: dict) -> go.Figure:
         significant = [r["significant"] for r in chosen]
         chart.add_bar(
             x=[r["layer_idx"] for r in chosen], y=delta, name=label or ("unlabelled" if labelled else "damage"),
+            width=0.8,  # one layer wide whatever the trace's spacing (a label's layers may lie far apart)
             marker={"color": LABEL_COLOURS[label], "opacity": [1.0 if s else 0.45 for s in significant],
                     "pattern": {"shape": ["" if s else "/" for s in significant]}},
             error_y=interval_bars(delta, [r["score_delta_ci"] for r in chosen]),
@@ -220,6 +221,7 @@ def accuracy_figure(report: dict) -> go.Figure:
                              for name in names], colorscale="Blues", colorbar={"title": "accuracy", "len": 0.4, "y": 0.2},
                           hovertemplate="%{y}<br>layer %{x} skipped: accuracy %{z:.3f}<extra></extra>", row=2, col=1)
         chart.update_xaxes(title_text="layer skipped", **integer_axis(len(layers)), row=2, col=1)
+        chart.update_yaxes(autorange="reversed", row=2, col=1)  # categories from the top, in order
     height = 420 + (layer_heatmap_height(len(categories), 240) if several else 0)
     chart.update_layout(title=title(report, "Accuracy without each layer"), template="plotly_white", height=height)
     return chart

@@ -12,7 +12,8 @@ from neuro_scan.report.charts import LABEL_COLOURS, NO_PLOTLY, NO_PLOTLY_CHECK, 
 from neuro_scan.report.document import interval_text, number, p_text
 
 TITLES = {"ablation.html": "Ablation damage", "accuracy.html": "Accuracy without each layer",
-          "logit_lens.html": "Logit lens", "entropy_profile.html": "Entropy profile",
+          "logit_lens.html": "Logit lens", "lens_comparison.html": "Logit lens and tuned lens",
+          "entropy_profile.html": "Entropy profile",
           "block_influence.html": "Block influence", "attention.html": "Attention entropy"}  # headings, by page
 
 STYLE = """

@@ -37,7 +37,7 @@ def files(result: LensRun, run: RunInfo) -> ReportFiles:
 def document(result: LensRun, run: RunInfo) -> dict:
     return {**header(run, "logit-lens", FORMAT), "warnings": result.warnings, "samples": sample_list(run.probe),
             "logit_lens_trajectory": trajectory(result.lens), "logit_lens": section(result.lens, result.tuned),
-            "tuned_lens_file": result.lens_file}
+            "tuned_lens_file": result.lens_file, "plain_logit_lens": plain_section(result.plain)}
 
 
 def trajectory(lens: LensResult) -> list[list[dict]]:
@@ -99,8 +99,20 @@ def section(lens: LensResult, tuned: LensRecord | None = None) -> dict:
     }
 
 
+def plain_section(plain: LensResult | None) -> dict | None:
+    """Beside a tuned lens, the plain logit lens read from the same streams: its section and each
+    sample's whole-answer probability per layer (None without a tuned lens)."""
+    if plain is None:
+        return None
+    return {**section(plain), "answer_prob": [[float(layer.answer_prob[s]) for layer in plain.layers]
+                                              for s in range(len(plain.answer_tokens))]}
+
+
 def figures(report: dict) -> dict[str, go.Figure]:
-    return {"logit_lens.html": answer_figure(report), "entropy_profile.html": entropy_figure(report)}
+    pages = {"logit_lens.html": answer_figure(report), "entropy_profile.html": entropy_figure(report)}
+    if report.get("plain_logit_lens"):
+        pages["lens_comparison.html"] = comparison_figure(report)
+    return pages
 
 
 def _lens_name(lens: dict) -> str:
@@ -156,13 +168,13 @@ def answer_figure(report: dict) -> go.Figure:
                                marker=marker, hovertemplate=f"{what}: layer %{{x}}<extra></extra>")
     if lens["emergence_layer"] is not None:
         figure.add_vline(x=lens["emergence_layer"], line_dash="dash", line_color="#ff3b30",
-                         annotation_text="probe emergence", annotation_position="top")
+                         annotation_text="probe emergence", annotation_position="bottom right")
     note(figure, "colour: probability of the whole answer (product over its tokens, each read at the position "
                  "predicting it); hover: every answer token, ranks from 1")
     figure.update_layout(title=title(report, f"{_lens_name(lens)}: probability of the answer"),
                          xaxis_title="layer", yaxis_title="", template="plotly_white",
-                         xaxis=integer_axis(report["total_layers"]), yaxis={"autorange": "reversed"},
-                         height=layer_heatmap_height(len(samples)), margin={"t": 100, "l": 20},
+                         xaxis=integer_axis(report["total_layers"]), yaxis={"autorange": "reversed", "automargin": True},
+                         height=layer_heatmap_height(len(samples)), margin={"t": 100},
                          legend={"orientation": "h", "y": -0.08, "yanchor": "top"})
     return figure
 
@@ -211,3 +223,37 @@ def summary(report: dict) -> list:
             layers,
             f"the answer stays top-1 for half the samples: {since(lens['emergence_layer'])}; "
             f"p(answer) >= {lens['prob_emergence_threshold']}: {since(lens['prob_emergence_layer'])}"]
+
+
+def comparison_figure(report: dict) -> go.Figure:
+    """The logit lens and the tuned lens side by side (the same samples and colour scale), and
+    their mean p(answer) and KL to the final distribution per layer."""
+    from plotly.subplots import make_subplots
+
+    plain, tuned = report["plain_logit_lens"], report["logit_lens"]
+    names = sample_names(report)
+    tuned_prob = [[cell["target_token_prob"] for cell in sample] for sample in report["logit_lens_trajectory"]]
+    layers = list(range(report["total_layers"]))
+    chart = make_subplots(rows=2, cols=2, shared_yaxes=True, horizontal_spacing=0.03, vertical_spacing=0.1,
+                          specs=[[{}, {}], [{"colspan": 2}, None]], row_heights=[0.7, 0.3],
+                          subplot_titles=("logit lens: p(whole answer)", "tuned lens: p(whole answer)",
+                                          "mean over samples, per layer"))
+    for col, z in ((1, plain["answer_prob"]), (2, tuned_prob)):
+        chart.add_heatmap(z=z, x=layers, y=names, zmin=0, zmax=1, colorscale="Viridis", showscale=col == 2,
+                          colorbar={"title": "p(whole<br>answer)", "len": 0.6, "y": 0.7},
+                          hovertemplate="layer %{x} · %{y}<br>p(whole answer) %{z:.3f}<extra></extra>", row=1, col=col)
+        chart.update_xaxes(title_text="layer", **integer_axis(len(layers)), row=1, col=col)
+    chart.update_yaxes(autorange="reversed", automargin=True, row=1, col=1)
+    for lens, name, colour in ((plain, "logit lens", "#4c78a8"), (tuned, "tuned lens", "#e45756")):
+        chart.add_scatter(x=layers, y=lens["mean_answer_prob"], mode="lines+markers", name=f"{name}: mean p(answer)",
+                          line={"color": colour}, hovertemplate="layer %{x}: %{y:.3f}<extra>%{fullData.name}</extra>",
+                          row=2, col=1)
+        chart.add_scatter(x=layers, y=lens["top1_fraction"], mode="lines", name=f"{name}: top-1 share",
+                          line={"color": colour, "dash": "dot"},
+                          hovertemplate="layer %{x}: %{y:.3f}<extra>%{fullData.name}</extra>", row=2, col=1)
+    chart.update_xaxes(title_text="layer", **integer_axis(len(layers)), row=2, col=1)
+    chart.update_yaxes(title_text="share / probability", range=[0, 1.05], row=2, col=1)
+    chart.update_layout(title=title(report, "Logit lens and tuned lens side by side"), template="plotly_white",
+                        height=layer_heatmap_height(len(names), 300) + 360,
+                        legend={"orientation": "h", "y": -0.08, "yanchor": "top"})
+    return chart

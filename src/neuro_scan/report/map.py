@@ -52,6 +52,7 @@ PAGES = {  # page -> (the phase it shows, its figure); the dashboard titles them
     "ablation.html": ("ablation", ablation.figure),
     "accuracy.html": ("ablation", ablation.accuracy_figure),
     "logit_lens.html": ("lens", lens.answer_figure),
+    "lens_comparison.html": ("lens", lens.comparison_figure),  # with --tuned-lens only
     "entropy_profile.html": ("lens", lens.entropy_figure),
     "block_influence.html": ("lens", influence_figure),
     "attention.html": ("attention", attention.figure),
@@ -68,7 +69,8 @@ def files_of(report: dict) -> ReportFiles:
     if running(report):
         return ReportFiles({"report.json": report}, "report.json")
     return ReportFiles({"report.json": report}, "report.json", {"ablation.csv": ablation.table(report)},
-                       {page: figure(report) for page, (phase, figure) in PAGES.items() if finished(report, phase)},
+                       {page: figure(report) for page, (phase, figure) in PAGES.items()
+                        if finished(report, phase) and (page != "lens_comparison.html" or report.get("plain_logit_lens"))},
                        dashboard=True, failed_phases=failed_phases(report))
 
 
@@ -79,6 +81,7 @@ def document(result: MapResult, run: RunInfo) -> dict:
     report["logit_lens_trajectory"] = lens.trajectory(result.lens) if result.lens is not None else []
     report["logit_lens"] = lens.section(result.lens, result.tuned) if result.lens is not None else None
     report["tuned_lens_file"] = run.lens_file
+    report["plain_logit_lens"] = lens.plain_section(result.plain_lens)
     report.update(attention.section(result.attention))
     report["block_influence"] = result.block_influence if result.block_influence is not None else []
     report["block_influence_definition"] = "1 - cos(layer input, layer output), mean over every non-pad probe token"
