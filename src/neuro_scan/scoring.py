@@ -226,6 +226,20 @@ def score_logits(plan: ScoringPlan, logits: torch.Tensor) -> SampleScores:
     )
 
 
+def answer_logprobs(plan: ScoringPlan, logits: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """Per-sample answer log-probs ([S], differentiable) from the logits at read positions ``pairs``
+    ([len(pairs), V]): the score of :func:`score_logits` for gradients. A sample whose answer is read
+    outside ``pairs`` gets 0, so the sum over a probe's row blocks is the whole probe's."""
+    local = torch.full((len(plan.pair_rows),), -1, dtype=torch.long)
+    local[pairs] = torch.arange(len(pairs))
+    read = local[plan.token_pair] >= 0
+    device = logits.device
+    token_lp = torch.log_softmax(logits.float(), dim=-1)[local[plan.token_pair[read]].to(device),
+                                                         plan.token_ids[read].to(device)]
+    target_lp = torch.zeros(plan.num_targets, device=device).index_add(0, plan.token_target[read].to(device), token_lp)
+    return target_lp[plan.answer_target.to(device)]
+
+
 def split_rows(num_rows: int, batch_size: int) -> list[slice]:
     return [slice(start, min(start + batch_size, num_rows)) for start in range(0, num_rows, batch_size)]
 

@@ -62,6 +62,31 @@ class Intervention:
 
 
 @dataclass
+class AttentionGradient:
+    """One layer's attention probabilities in a gradient pass, for the QK fix of attribution."""
+
+    weights: torch.Tensor  # [B, heads, T, T] float32
+    grad: torch.Tensor  # [B, heads, T, T]: d objective / d weights
+    input_grad: torch.Tensor  # [B, T, d]: d <grad, weights> / d layer input, through these probabilities only
+
+
+@dataclass
+class GradientPass:
+    """What one differentiable forward and backward over a batch gives (:meth:`Backend.gradient_pass`).
+
+    ``change[t][row]`` is the first-order change of the objective when target ``t``'s contribution
+    (see :class:`Intervention`) is replaced in that row: the sum over the row's real tokens of
+    gradient . (replacement - value). ``dropped[t][l, row]`` is the same with layer l's residual
+    contribution cut from the backward pass (GradDrop): equal to ``change`` for l < t.layer, zero
+    for l == t.layer."""
+
+    objective: torch.Tensor  # [n] the objective's values at the unchanged model (detached)
+    change: dict[Target, torch.Tensor]  # [B] float32
+    dropped: dict[Target, torch.Tensor]  # [L, B] float32; empty unless asked
+    attention: list[AttentionGradient | None]  # per layer; empty unless asked, None for layers without attention
+
+
+@dataclass
 class TokenBatch:
     """Right-padded token ids; ``lengths[i]`` real tokens in row i. Right padding keeps every
     real token at its natural position, so no model needs position ids rebuilt."""
@@ -155,6 +180,25 @@ class Backend(Protocol):
     def target_means(self, batch: TokenBatch, targets: Sequence[Target]) -> dict[Target, tuple[torch.Tensor, int]]:
         """For mean ablation: per target, the sum over the batch's real tokens of what the target
         contributes (see :class:`Intervention`) and the number of tokens summed."""
+        ...
+
+    def gradient_pass(self, batch: TokenBatch, replacements: Mapping[Target, torch.Tensor | None],
+                      objective: Callable[[torch.Tensor], torch.Tensor], *, drop_layers: bool = False,
+                      attention: bool = False) -> GradientPass:
+        """One differentiable forward and backward of ``objective(final stream).sum()`` (``objective``:
+        the final residual stream [B, T, d] -> a vector), with every target of ``replacements`` (its
+        value: a mean as in :class:`Intervention`, or None for zero) left in place and its first-order
+        change measured. ``drop_layers`` adds one partial backward per layer (GradDrop);
+        ``attention`` runs under eager attention and returns each layer's probabilities with their
+        gradients. The model's parameters never require or receive a gradient."""
+        ...
+
+    def attention_after(self, batch: TokenBatch, layer: int, start_stream: torch.Tensor | None,
+                        interventions: Mapping[Target, Intervention]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``layer`` run from ``start_stream`` (its input; None for layer 0) with
+        ``interventions`` on its targets, then layer ``layer + 1`` up to its attention probabilities:
+        (the stream at boundary ``layer + 1`` [B, T, d], those probabilities [B, heads, T, T] float32).
+        The layers after are not run."""
         ...
 
     def targets_in(self, layer: int) -> list[Target]:

@@ -51,7 +51,14 @@ def hooked_module(layer: nn.Module, target: Target) -> nn.Module | None:
 
 
 def _rows_mask(rows: torch.Tensor | None, reference: torch.Tensor) -> torch.Tensor | None:
-    return None if rows is None else rows.view(-1, *([1] * (reference.dim() - 1)))
+    """``rows`` ([B]) shaped to select rows of ``reference``: [B, ...], or [B * T, d] where a block
+    works on the tokens flattened (OPT's MLP), each row's T tokens in a run."""
+    if rows is None:
+        return None
+    rows = rows.to(reference.device)
+    if reference.shape[0] != rows.shape[0]:
+        rows = rows.repeat_interleave(reference.shape[0] // rows.shape[0])
+    return rows.view(-1, *([1] * (reference.dim() - 1)))
 
 
 def _replace(tensor: torch.Tensor, rows: torch.Tensor | None, value: torch.Tensor | None) -> torch.Tensor:

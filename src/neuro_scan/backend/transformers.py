@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from neuro_scan.backend import architecture, components
-from neuro_scan.backend.base import Intervention, LayerSkips, ModelInfo, Target, TokenBatch
+from neuro_scan.backend.base import GradientPass, Intervention, LayerSkips, ModelInfo, Target, TokenBatch
 from neuro_scan.backend.loading import context_limit, unknown_pieces
 from neuro_scan.errors import UsageError
 
@@ -339,7 +339,7 @@ class TransformersBackend:
         sums: dict[Target, torch.Tensor] = {}
 
         def add(target: Target, values: torch.Tensor) -> None:
-            total = values[real].double().sum(dim=0)
+            total = values.reshape(*real.shape, -1)[real.to(values.device)].double().sum(dim=0)  # OPT's MLP: [B*T, d]
             sums[target] = sums[target] + total if target in sums else total
 
         def hook_for(target: Target):
@@ -350,18 +350,36 @@ class TransformersBackend:
                 return lambda _m, args: add(target, components.head_slice(args[0], target.head, self.info.num_heads))
             return lambda _m, _args, output: add(target, output[0] if isinstance(output, tuple) else output)
 
+        # modules found before any hook is on: finding attention modules runs a forward of its own
+        modules = {target: self._target_module(target) for target in targets if target.part != "layer"}
         with contextlib.ExitStack() as stack:
             for target in targets:
                 if target.part == "layer":
                     handle = self.layers[target.layer].register_forward_hook(hook_for(target), with_kwargs=True)
                 elif target.part == "head":
-                    handle = self._target_module(target).register_forward_pre_hook(hook_for(target))
+                    handle = modules[target].register_forward_pre_hook(hook_for(target))
                 else:
-                    handle = self._target_module(target).register_forward_hook(hook_for(target))
+                    handle = modules[target].register_forward_hook(hook_for(target))
                 stack.enter_context(_hook(handle))
             self._base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         count = int(real.sum())
         return {target: (total, count) for target, total in sums.items()}
+
+    # -- gradients (attribution) ---------------------------------------------------------------
+
+    def gradient_pass(self, batch: TokenBatch, replacements: Mapping[Target, torch.Tensor | None],
+                      objective: Callable[[torch.Tensor], torch.Tensor], *, drop_layers: bool = False,
+                      attention: bool = False) -> GradientPass:
+        from neuro_scan.backend import gradients
+
+        return gradients.gradient_pass(self, batch, replacements, objective, drop_layers=drop_layers,
+                                       attention=attention)
+
+    def attention_after(self, batch: TokenBatch, layer: int, start_stream: torch.Tensor | None,
+                        interventions: Mapping[Target, Intervention]) -> tuple[torch.Tensor, torch.Tensor]:
+        from neuro_scan.backend import gradients
+
+        return gradients.attention_after(self, batch, layer, start_stream, interventions)
 
     def unembed(self, hidden: torch.Tensor, *, differentiable: bool = False) -> torch.Tensor:
         with contextlib.nullcontext() if differentiable else torch.inference_mode():
