@@ -5,14 +5,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 import torch
 
 from neuro_scan.analysis.attention import entropy_bits, run_attention
-from neuro_scan.backend.transformers import TransformersBackend
 from neuro_scan.engine import Engine
 from neuro_scan.probes import Probe, Sample
-from tiny_models import CONFIGS, tiny_model, tiny_tokenizer
+from tiny_models import make_backend
 
 PROBE = Probe("tiny", "", (Sample("abcdefg", "h"), Sample("hello wor", "ld"), Sample("xyz", "w")))
 
@@ -44,7 +42,7 @@ def direct_llama_attention(model, input_ids: torch.Tensor, layer: int) -> torch.
 
 
 def test_head_entropy_equals_direct_softmax_computation():
-    backend = TransformersBackend(tiny_model("llama"), tiny_tokenizer(), "llama")
+    backend = make_backend("llama")
     engine = Engine(backend, PROBE)
     result = run_attention(engine)
     for sample_index, sample in enumerate(PROBE.samples):
@@ -65,9 +63,8 @@ def test_head_entropy_equals_direct_softmax_computation():
     np.testing.assert_allclose(result.answer_bits, expected, atol=1e-4)
 
 
-@pytest.mark.parametrize("model_type", list(CONFIGS))
-def test_entropies_are_bounded_and_model_attention_is_restored(model_type):
-    backend = TransformersBackend(tiny_model(model_type), tiny_tokenizer(), model_type)
+def test_entropies_are_bounded_and_model_attention_is_restored(tiny_backend):
+    backend = tiny_backend
     engine = Engine(backend, PROBE)
     result = run_attention(engine)
     layers, heads = backend.num_layers, backend.info.num_heads
@@ -82,7 +79,7 @@ def test_entropies_are_bounded_and_model_attention_is_restored(model_type):
 
 
 def test_sliding_window_layers_attend_within_their_window():
-    backend = TransformersBackend(tiny_model("gemma3_text"), tiny_tokenizer(), "gemma3_text")
+    backend = make_backend("gemma3_text")
     batch = backend.make_batch([list(range(5, 15))])
     weights = backend.attention_weights(batch)
     window = backend.model.config.sliding_window

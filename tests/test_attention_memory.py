@@ -31,12 +31,11 @@ from neuro_scan import events
 from neuro_scan.analysis import lens as lens_module
 from neuro_scan.analysis.attention import attention_blocks, attention_bytes, rows_per_forward, run_attention
 from neuro_scan.backend.loading import demo_model_dir
-from neuro_scan.backend.transformers import TransformersBackend
 from neuro_scan.commands import MapOptions
 from neuro_scan.engine import Engine
 from neuro_scan.probes import Probe, Sample
 from neuro_scan.runner import run
-from tiny_models import tiny_model, tiny_tokenizer
+from tiny_models import make_backend
 
 HEADROOM_MIB = 768
 PROBE = Probe("tiny", "", (Sample("abcdefg", "h"), Sample("hello wor", "ld"), Sample("xyz", "w"),
@@ -86,7 +85,7 @@ def test_row_blocks_fit_the_budget_down_to_one_row():
 
 
 def test_entropies_do_not_depend_on_the_row_blocks():
-    backend = TransformersBackend(tiny_model("llama"), tiny_tokenizer(), "llama")
+    backend = make_backend("llama")
     engine = Engine(backend, PROBE)
     whole = run_attention(engine)
     advanced = []
@@ -98,7 +97,7 @@ def test_entropies_do_not_depend_on_the_row_blocks():
 
 
 def test_each_layer_is_reduced_and_dropped_before_the_next_layer_runs():
-    backend = TransformersBackend(tiny_model("llama"), tiny_tokenizer(), "llama")
+    backend = make_backend("llama")
     batch = backend.make_batch([list(range(5, 30)), list(range(7, 20))])
     alive_at_next_layer, previous = [], []
 

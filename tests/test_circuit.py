@@ -11,12 +11,11 @@ import torch
 
 from neuro_scan.analysis.ablation import ablation_result, run_ablation
 from neuro_scan.analysis.circuit import (PairInteraction, layer_similarity, plan_pairs, run_circuit, stored_singles)
-from neuro_scan.backend.transformers import TransformersBackend
 from neuro_scan.engine import Engine
 from neuro_scan.errors import UsageError
 from neuro_scan.scoring import Interval, SampleScores
 from test_engine import PROBE, naive_answer_logprobs
-from tiny_models import tiny_model, tiny_tokenizer
+from tiny_models import make_backend
 
 
 def synthetic_singles(damage: list[float], samples: int = 6) -> tuple[SampleScores, object]:
@@ -74,7 +73,7 @@ def test_interaction_type_needs_an_interval_that_excludes_zero():
 
 @pytest.mark.parametrize("batch_size", [3, 64])
 def test_pair_interactions_equal_naive_pair_ablations(batch_size):
-    backend = TransformersBackend(tiny_model("llama"), tiny_tokenizer(), "llama")
+    backend = make_backend("llama")
     engine = Engine(backend, PROBE, batch_size=batch_size)
     singles = run_ablation(engine, seed=0)
     plan = plan_pairs("exhaustive", singles, top_k=2)
@@ -115,7 +114,7 @@ def test_known_interactions_are_classified():
 
 
 def test_layer_similarity_is_the_mean_token_cosine_of_layer_outputs():
-    backend = TransformersBackend(tiny_model("gpt2"), tiny_tokenizer(), "gpt2")
+    backend = make_backend("gpt2")
     engine = Engine(backend, PROBE, batch_size=3)
     similarity = layer_similarity(engine)
     assert similarity.shape == (4, 4)
@@ -137,7 +136,7 @@ def test_layer_similarity_is_the_mean_token_cosine_of_layer_outputs():
 
 
 def test_stored_scan_is_reused_only_for_the_same_samples(tmp_path):
-    backend = TransformersBackend(tiny_model("llama"), tiny_tokenizer(), "llama")
+    backend = make_backend("llama")
     engine = Engine(backend, PROBE, batch_size=64)
     fresh = run_ablation(engine, seed=0)
     report = {"model": "llama", "probe": PROBE.name, "total_layers": 4, "sample_count": len(PROBE.samples),

@@ -10,12 +10,11 @@ import pytest
 
 from neuro_scan.analysis.ablation import ablation_result, run_ablation
 from neuro_scan.analysis.cross_probe import ProbeAblation, run_cross_probe, summarize
-from neuro_scan.backend.transformers import TransformersBackend
 from neuro_scan.engine import Engine
 from neuro_scan.probes import Probe, Sample
 from neuro_scan.scoring import SampleScores
 from test_engine import PROBE
-from tiny_models import tiny_model, tiny_tokenizer
+from tiny_models import make_backend
 
 OTHER = Probe(name="other", description="more tiny samples",
               samples=(Sample("xyz", "w"), Sample("12", "3"), Sample("ab", "c", choices=("c", "d")), Sample("qq", "rr")))
@@ -50,7 +49,7 @@ def test_flat_profile_has_no_correlation():
 
 
 def test_each_probe_equals_its_own_scan():
-    backend = TransformersBackend(tiny_model("qwen2"), tiny_tokenizer(), "qwen2")
+    backend = make_backend("qwen2")
     advanced = []
     result = run_cross_probe(backend, [PROBE, OTHER], batch_size=4, seed=0, progress=advanced.append)
     assert sum(advanced) == pytest.approx(2 * backend.num_layers)

@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from neuro_scan.analysis.ablation import run_ablation
-from neuro_scan.backend.transformers import TransformersBackend
 from neuro_scan.engine import Engine
 from neuro_scan.probes import Probe, Sample
-from tiny_models import tiny_model, tiny_tokenizer
+from tiny_models import make_backend
 
 PROBE = Probe(
     name="tiny",
@@ -52,7 +51,7 @@ def naive_answer_logprobs(backend, probe, skip=frozenset()):
 @pytest.mark.parametrize("model_type", ["llama", "gpt2", "gemma3_text"])
 @pytest.mark.parametrize("batch_size", [2, 64])
 def test_fast_scan_equals_naive_per_layer_forwards(model_type, batch_size):
-    backend = TransformersBackend(tiny_model(model_type), tiny_tokenizer(), model_type)
+    backend = make_backend(model_type)
     engine = Engine(backend, PROBE, batch_size=batch_size)
     base_lp, base_correct = naive_answer_logprobs(backend, PROBE)
     np.testing.assert_allclose(engine.baseline.answer_logprob, base_lp, atol=1e-4)
@@ -66,7 +65,7 @@ def test_fast_scan_equals_naive_per_layer_forwards(model_type, batch_size):
 
 
 def test_pair_skips_equal_naive():
-    backend = TransformersBackend(tiny_model("llama"), tiny_tokenizer(), "llama")
+    backend = make_backend("llama")
     engine = Engine(backend, PROBE, batch_size=64)
     configs = [frozenset({0, 2}), frozenset({1, 3}), frozenset({2, 3}), frozenset({0, 1})]
     scores = engine.skip_scan(configs)
@@ -76,7 +75,7 @@ def test_pair_skips_equal_naive():
 
 
 def test_ablating_nothing_equals_baseline():
-    backend = TransformersBackend(tiny_model("llama"), tiny_tokenizer(), "llama")
+    backend = make_backend("llama")
     engine = Engine(backend, PROBE, batch_size=64)
     alone, mixed, _ = engine.skip_scan([frozenset()]) + engine.skip_scan([frozenset(), frozenset({1})])
     np.testing.assert_array_equal(alone.answer_logprob, engine.baseline.answer_logprob)

@@ -15,7 +15,7 @@ from neuro_scan.backend.transformers import TransformersBackend
 from neuro_scan.cli import app
 from neuro_scan.engine import Engine
 from neuro_scan.probes import Probe, Sample
-from tiny_models import tiny_model, tiny_tokenizer
+from tiny_models import make_backend, tiny_model, tiny_tokenizer
 
 PROBE = Probe(
     name="tiny",
@@ -79,7 +79,7 @@ def test_kl_entropy_and_answer_probability_equal_a_direct_computation(model_type
 
 
 def test_emergence_is_the_first_layer_from_which_the_flag_holds_to_the_end():
-    backend = TransformersBackend(tiny_model("llama"), tiny_tokenizer(), "llama")
+    backend = make_backend("llama")
     lens = run_lens(Engine(backend, PROBE), emergence_prob=0.02)
     ranks = np.stack([layer.answer_rank for layer in lens.layers], axis=1)
     probs = np.stack([layer.answer_prob for layer in lens.layers], axis=1)
@@ -92,7 +92,7 @@ def test_emergence_is_the_first_layer_from_which_the_flag_holds_to_the_end():
 
 
 def test_identity_translator_reads_the_same_as_the_logit_lens():
-    backend = TransformersBackend(tiny_model("llama"), tiny_tokenizer(), "llama")
+    backend = make_backend("llama")
     engine = Engine(backend, PROBE)
     plain = run_lens(engine)
     translated = run_lens(engine, translator=lambda _layer, hidden: hidden)

@@ -16,7 +16,7 @@ from neuro_scan.engine import Engine
 from neuro_scan.scoring import Interval
 from test_backend import duplicate_block
 from test_engine import PROBE
-from tiny_models import tiny_model, tiny_tokenizer
+from tiny_models import make_backend, tiny_tokenizer
 
 BLOCKS = [(1, 3), (0, 4), (3, 4), (0, 1), (2, 3)]
 
@@ -24,7 +24,7 @@ BLOCKS = [(1, 3), (0, 4), (3, 4), (0, 1), (2, 3)]
 @pytest.mark.parametrize("model_type", ["llama", "gemma3_text", "gpt2"])
 @pytest.mark.parametrize("batch_size", [2, 64])
 def test_duplicated_block_equals_a_model_with_the_layers_repeated(model_type, batch_size):
-    backend = TransformersBackend(tiny_model(model_type), tiny_tokenizer(), model_type)
+    backend = make_backend(model_type)
     engine = Engine(backend, PROBE, batch_size=batch_size)
     scores = engine.repeat_scan(BLOCKS)
     for block, got in zip(BLOCKS, scores):
@@ -36,7 +36,7 @@ def test_duplicated_block_equals_a_model_with_the_layers_repeated(model_type, ba
 
 
 def test_duplicating_zero_layers_equals_the_baseline():
-    backend = TransformersBackend(tiny_model("llama"), tiny_tokenizer(), "llama")
+    backend = make_backend("llama")
     engine = Engine(backend, PROBE, batch_size=3)
     for got in engine.repeat_scan([(k, k) for k in range(backend.num_layers + 1)]):
         np.testing.assert_allclose(got.answer_logprob, engine.baseline.answer_logprob, atol=1e-5)
@@ -68,7 +68,7 @@ def test_verdicts(change, differences, verdict):
 
 
 def test_equivalence_curve_on_a_tiny_model():
-    backend = TransformersBackend(tiny_model("llama"), tiny_tokenizer(), "llama")
+    backend = make_backend("llama")
     engine = Engine(backend, PROBE, batch_size=64)
     steps = []
     result = run_prompt_repeat(engine, counts=[1, 2, 3], block_sizes=[1, 2], seed=0, progress=steps.append)

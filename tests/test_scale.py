@@ -25,7 +25,7 @@ from neuro_scan.probes import Probe, Sample, resolve_probe
 from neuro_scan.scoring import by_length, gather_pairs, length_blocks, padding_share, score_logits, split_rows
 from neuro_scan.stream_cache import cache_device
 from neuro_scan.units import parse_max_memory, parse_size
-from tiny_models import tiny_model, tiny_tokenizer
+from tiny_models import make_backend, tiny_model, tiny_tokenizer
 
 TOL = 1e-5
 # rows of many lengths (character tokens), single- and multi-token answers, choices
@@ -103,7 +103,7 @@ def test_lens_and_influence_read_recomputed_boundaries_exactly(backend):
 
 
 def test_memory_budget_sets_the_spacing():
-    backend = TransformersBackend(tiny_model("llama"), tiny_tokenizer(), "llama")
+    backend = make_backend("llama")
     reference = plain(backend)
     configurations = SINGLES_AND_MORE[:4]
     size = Engine(backend, PROBE, batch_size=4, keep_every=1).boundary_bytes  # rows bucketed: less padding kept
@@ -188,7 +188,7 @@ def mlp_rows(backend, work) -> int:
 
 @pytest.mark.parametrize("keep_every", [1, 2, 5])
 def test_pairs_resumed_from_the_first_layer_skipped_equal_the_plain_path(keep_every):
-    backend = TransformersBackend(tiny_model("llama"), tiny_tokenizer(), "llama")
+    backend = make_backend("llama")
     reference = plain(backend)
     engine = Engine(backend, PROBE, batch_size=4, keep_every=keep_every)
     pairs = [frozenset(pair) for pair in ALL_PAIRS]
@@ -200,7 +200,7 @@ def test_pairs_resumed_from_the_first_layer_skipped_equal_the_plain_path(keep_ev
 
 
 def test_pair_resume_computes_fewer_layer_passes():
-    backend = TransformersBackend(tiny_model("llama"), tiny_tokenizer(), "llama")
+    backend = make_backend("llama")
     before = plain(backend, batch_size=64)
     after = Engine(backend, PROBE, batch_size=64, keep_every=1, bucket_rows=False)
     pairs = [frozenset(pair) for pair in ALL_PAIRS]
@@ -209,7 +209,7 @@ def test_pair_resume_computes_fewer_layer_passes():
 
 
 def test_pair_resume_within_a_budget_that_leaves_no_room():
-    backend = TransformersBackend(tiny_model("llama"), tiny_tokenizer(), "llama")
+    backend = make_backend("llama")
     reference = plain(backend)
     size = reference.boundary_bytes
     for budget in (4 * size, 5 * size, 6 * size):  # nothing, one and two boundaries beside the baseline's
@@ -219,7 +219,7 @@ def test_pair_resume_within_a_budget_that_leaves_no_room():
 
 
 def test_exhaustive_circuit_is_unchanged_by_pair_resume():
-    backend = TransformersBackend(tiny_model("gpt2"), tiny_tokenizer(), "gpt2")
+    backend = make_backend("gpt2")
     results = []
     for engine in (plain(backend), Engine(backend, PROBE, batch_size=4, cache_memory=2 * plain(backend).boundary_bytes)):
         singles = run_ablation(engine, seed=0)
