@@ -13,15 +13,13 @@ from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
-from rich import box
 from rich.markup import escape
-from rich.table import Table
 
 from neuro_scan.analysis.labels import LABELS
 from neuro_scan.report import ReportFiles, csv_bytes
 from neuro_scan.report.charts import (LABEL_COLOURS, SIGNIFICANCE, integer_axis, interval_bars, layer_heatmap_height,
                                       note, title)
-from neuro_scan.report.document import header, interval_text, number, p_text, sample_list
+from neuro_scan.report.document import header, interval_text, number, p_text, sample_list, summary_table
 from neuro_scan.report.read import FORMATS
 
 if TYPE_CHECKING:  # annotations only: the runner imports report modules before torch
@@ -236,8 +234,7 @@ def summary(report: dict) -> list:
     rows = {r["layer_idx"]: r for r in report["ablation_results"]}
     significant = report["top_important_layers"]
     shown = significant + report.get("top_layers_not_significant", [])
-    table = Table("layer", "damage", "95% CI", "adj. p", "sig.", "acc. w/o", *(["label"] if labelled else []),
-                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table = summary_table("layer", "damage", "95% CI", "adj. p", "sig.", "acc. w/o", *(["label"] if labelled else []))
     for layer in shown:
         row = rows[layer]
         table.add_row(str(layer), number(row["score_delta"], 3), interval_text(row["score_delta_ci"], 3),

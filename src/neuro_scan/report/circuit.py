@@ -11,13 +11,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
-from rich import box
 from rich.markup import escape
-from rich.table import Table
 
 from neuro_scan.report import ReportFiles
 from neuro_scan.report.charts import SIGNIFICANCE, integer_axis, layer_heatmap_height, note
-from neuro_scan.report.document import header, interval_text, number
+from neuro_scan.report.document import header, interval_text, number, summary_table
 from neuro_scan.report.read import FORMATS
 
 if TYPE_CHECKING:  # annotations only: the runner imports report modules before torch
@@ -137,8 +135,7 @@ def figure(report: dict) -> go.Figure:
 def summary(report: dict) -> list:
     """How many pairs of each kind, and the strongest synergistic and redundant pairs."""
     counts = {kind: sum(p["interaction_type"] == kind for p in report["all_interactions"]) for kind in KINDS}
-    pairs = Table("pair", "type", "interaction", "95% CI", "joint damage", "damage alone", box=box.SIMPLE_HEAD,
-                  show_edge=False, pad_edge=False)
+    pairs = summary_table("pair", "type", "interaction", "95% CI", "joint damage", "damage alone")
     for pair in report["synergistic"][:5] + report["redundant"][:5]:
         pairs.add_row(f"{pair['layer_i']}+{pair['layer_j']}", pair["interaction_type"],
                       number(pair["interaction_effect"]), interval_text(pair["interaction_ci"]),

@@ -16,12 +16,10 @@ import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
-from rich import box
 from rich.markup import escape
-from rich.table import Table
 
 from neuro_scan.report import ReportFiles
-from neuro_scan.report.document import correlation_text, number, stamp
+from neuro_scan.report.document import correlation_text, number, stamp, summary_table
 from neuro_scan.report.read import FORMATS
 
 if TYPE_CHECKING:  # annotations only
@@ -146,8 +144,7 @@ def figure(report: dict) -> go.Figure:
 
 def summary(report: dict) -> list:
     """Per model: depth, probe, mean damage, peak and reasoning layers; each pair's correlations; shared depths."""
-    table = Table("model", "layers", "probe", "mean damage", "peak (depth)", "reasoning layers", box=box.SIMPLE_HEAD,
-                  show_edge=False, pad_edge=False)
+    table = summary_table("model", "layers", "probe", "mean damage", "peak (depth)", "reasoning layers")
     for model, name in zip(report["models"], legend_names(report["models"])):
         table.add_row(escape(name), str(model["total_layers"]), escape(model["probe"]), number(model["mean_sensitivity"]),
                       f"{model['most_damaging_layer']} ({model['most_damaging_relative_depth']:.2f})",

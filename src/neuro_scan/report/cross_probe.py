@@ -15,13 +15,11 @@ from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
-from rich import box
 from rich.markup import escape
-from rich.table import Table
 
 from neuro_scan.report import ReportFiles, ablation
 from neuro_scan.report.charts import SIGNIFICANCE, integer_axis, interval_bars, note
-from neuro_scan.report.document import PROBE_KEYS, correlation_text, header, number
+from neuro_scan.report.document import PROBE_KEYS, correlation_text, header, number, summary_table
 from neuro_scan.report.read import FORMATS
 
 if TYPE_CHECKING:  # annotations only: the runner imports report modules before torch
@@ -126,8 +124,7 @@ def figure(report: dict) -> go.Figure:
 
 def summary(report: dict) -> list:
     """Per probe: baseline and significant layers; the universal layers; each pair's correlations."""
-    table = Table("probe", "samples", "baseline", "accuracy", "significant layers", "only here", box=box.SIMPLE_HEAD,
-                  show_edge=False, pad_edge=False)
+    table = summary_table("probe", "samples", "baseline", "accuracy", "significant layers", "only here")
     for entry in report["per_probe"]:
         table.add_row(escape(entry["probe"]), str(entry["sample_count"]), number(entry["baseline"]),
                       f"{entry['baseline_accuracy']:.3f}", ", ".join(map(str, entry["significant_layers"])) or "none",

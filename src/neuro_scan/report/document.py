@@ -93,3 +93,12 @@ def p_text(p_value: float | None) -> str:
     if p_value is None:
         return "n/a"
     return "<0.001" if p_value < 0.001 else f"{p_value:.2g}"
+
+
+def summary_table(*headers: str):
+    """A terminal summary's table: a rule under the header, no borders, two spaces between columns,
+    so that a summary fits 80 columns."""
+    from rich import box
+    from rich.table import Table
+
+    return Table(*headers, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))

@@ -12,13 +12,11 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
-from rich import box
 from rich.markup import escape
-from rich.table import Table
 
 from neuro_scan.report import ReportFiles
 from neuro_scan.report.charts import integer_axis, layer_heatmap_height, note, shorten, title
-from neuro_scan.report.document import header, sample_list
+from neuro_scan.report.document import header, sample_list, summary_table
 from neuro_scan.report.read import FORMATS
 
 if TYPE_CHECKING:  # annotations only: the runner imports report modules before torch
@@ -210,8 +208,7 @@ def summary(report: dict) -> list:
     """The run, a row per layer (p(answer), top-1 share, entropy, KL) and the emergence layers."""
     lens = report["logit_lens"]
     name = "tuned lens " + str(report["tuned_lens_file"]) if lens["lens"] == "tuned" else "logit lens"
-    layers = Table("layer", "mean p(answer)", "top-1 share", "entropy (bits)", "KL to final (bits)",
-                   box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    layers = summary_table("layer", "mean p(answer)", "top-1 share", "entropy (bits)", "KL to final (bits)")
     for layer, values in enumerate(zip(lens["mean_answer_prob"], lens["top1_fraction"], lens["mean_entropy_bits"],
                                        lens["mean_kl_to_final_bits"])):
         layers.add_row(str(layer), *(f"{v:.3f}" for v in values))

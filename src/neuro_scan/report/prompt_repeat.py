@@ -10,13 +10,11 @@ from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
-from rich import box
 from rich.markup import escape
-from rich.table import Table
 
 from neuro_scan.report import ReportFiles
 from neuro_scan.report.charts import integer_axis, interval_bars
-from neuro_scan.report.document import header
+from neuro_scan.report.document import header, summary_table
 from neuro_scan.report.read import FORMATS
 
 if TYPE_CHECKING:  # annotations only: the runner imports report modules before torch
@@ -120,7 +118,7 @@ def figure(report: dict) -> go.Figure:
 
 def summary(report: dict) -> list:
     """Per repeat count: its change, the closest duplication, their difference and the verdict."""
-    table = Table("N", "change", "95% CI", "layers twice", "difference", "verdict", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table = summary_table("N", "change", "95% CI", "layers twice", "difference", "verdict")
 
     def ci(interval: list[float]) -> str:
         return f"{interval[0]:+.2f}..{interval[1]:+.2f}"
