@@ -12,7 +12,15 @@ import sys
 import pytest
 from rich.console import Console
 
-from neuro_scan.report import ablation, attention, circuit, comparison, cross_probe, lens, prompt_repeat
+from neuro_scan.report import (
+    ablation,
+    attention,
+    circuit,
+    comparison,
+    cross_probe,
+    lens,
+    prompt_repeat,
+)
 from neuro_scan.report.document import number
 
 WIDTH = 80

@@ -190,7 +190,7 @@ def entropy_figure(report: dict) -> go.Figure:
                            name="samples", legendgroup="samples",
                            hovertemplate=f"{names[index]}<br>layer %{{x}}: %{{y:.2f}} bits<extra></extra>")
     low, high = zip(*lens["mean_entropy_bits_ci"]) if layers else ((), ())
-    figure.add_scatter(x=layers + layers[::-1], y=list(high) + list(low)[::-1], fill="toself",
+    figure.add_scatter(x=layers + layers[::-1], y=list(high) + list(low)[::-1], fill="toself", mode="lines",
                        fillcolor="rgba(76,120,168,0.25)", line={"width": 0}, name="95% CI of the mean",
                        hoverinfo="skip")
     figure.add_scatter(x=layers, y=lens["mean_entropy_bits"], mode="lines+markers", name="mean entropy",
