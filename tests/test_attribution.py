@@ -315,3 +315,26 @@ def test_smollm2_head_scan_and_attribution(smollm2_backend):
     exact = {c.target: c.damage.mean for c in heads.components}
     for node in verified_heads:
         assert node.exact.damage.mean == pytest.approx(exact[node.target], abs=1e-4)
+
+
+def test_report_files(tmp_path):
+    """attribution.json/csv and the three charts hold the result's numbers; the summary renders."""
+    import json
+
+    from rich.console import Console
+
+    from neuro_scan.report import attribution as report
+    from neuro_scan.report import write
+    from neuro_scan.session import RunInfo
+
+    engine = Engine(TransformersBackend(tiny_model("gpt2"), tiny_tokenizer(), "gpt2"), probe())
+    result = attribute(engine, top_k=4, sample=3)
+    run = RunInfo(model=engine.backend.info, probe=engine.probe, seed=0, batch_size=64, top_k=10)
+    written = {path.name for path in write(tmp_path, report.files(result, run))}
+    assert {"attribution.json", "attribution.csv", "attribution.html", "attribution_heads.html",
+            "attribution_blocks.html"} <= written
+    document = json.loads((tmp_path / "attribution.json").read_text())
+    assert [n["estimate"] for n in document["nodes"]] == pytest.approx([n.estimate for n in result.nodes])
+    assert document["verification"]["spearman"] == result.verification.spearman
+    assert document["null_check"]["ok"] is True
+    Console(file=open(tmp_path / "summary.txt", "w")).print(*report.summary(document))

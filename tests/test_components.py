@@ -126,3 +126,29 @@ def test_bad_choices_are_one_line(granularity, ablation, message):
     engine = Engine(backend_for("llama"), probe())
     with pytest.raises(UsageError, match=message):
         run_components(engine, granularity, ablation)
+
+
+def test_report_files(tmp_path):
+    """components.json/csv/html hold the result's numbers; the terminal summary renders."""
+    import csv
+    import json
+
+    from rich.console import Console
+
+    from neuro_scan.report import components as report
+    from neuro_scan.report import write
+    from neuro_scan.session import RunInfo
+
+    engine = Engine(backend_for("llama"), probe())
+    run = RunInfo(model=engine.backend.info, probe=engine.probe, seed=0, batch_size=64, top_k=10)
+    for granularity in ("head", "sublayer"):
+        result = run_components(engine, granularity, "zero")
+        folder = tmp_path / granularity
+        written = {path.name for path in write(folder, report.files(result, run))}
+        assert {"components.json", "components.csv", "components.html"} <= written
+        document = json.loads((folder / "components.json").read_text())
+        frame = result.to_frame()
+        assert [row["damage"] for row in document["components"]] == pytest.approx(list(frame["damage"]))
+        rows = list(csv.DictReader((folder / "components.csv").open()))
+        assert [float(row["damage_ci_low"]) for row in rows] == pytest.approx(list(frame["damage_ci_low"]))
+        Console(file=open(folder / "summary.txt", "w")).print(*report.summary(document))
