@@ -138,3 +138,16 @@ def test_bad_options_fail_before_torch_is_imported(args, tmp_path):
     assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
     assert len([line for line in done.stderr.splitlines() if line.strip()]) == 1 and "error:" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_transformers_bars_only_with_verbose(tmp_path):
+    """transformers' own 'Loading weights' bar would interleave with ours: shown only with --verbose."""
+    shown = {}
+    for flag in ([], ["--verbose"]):
+        done = subprocess.run([sys.executable, "-m", "neuro_scan.cli", "ablate", "--model", "demo", "--probe", "facts",
+                               "--max-samples", "4", "--output", str(tmp_path / str(len(flag))), *flag],
+                              capture_output=True, text=True, timeout=600, check=False)
+        assert done.returncode == 0, done.stderr
+        shown[bool(flag)] = "Loading weights" in done.stderr
+    assert shown == {False: False, True: True}

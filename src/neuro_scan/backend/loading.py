@@ -232,11 +232,12 @@ def unknown_pieces(tokenizer, text: str) -> list[str]:
 @contextlib.contextmanager
 def _bars_only_for_downloads(source: ModelSource) -> Iterator[None]:
     """transformers' own progress bars ("Loading weights") are off while a local model loads: the
-    CLI shows its own, and errors stay one line. A Hub model keeps them: they show its download."""
+    CLI shows its own, and errors stay one line. A Hub model keeps them: they show its download;
+    so does a verbose run (``--verbose`` sets transformers' verbosity to info)."""
     from transformers.utils import logging as transformers_logging
 
     shown = transformers_logging.is_progress_bar_enabled()
-    if source.kind != "hub":
+    if source.kind != "hub" and transformers_logging.get_verbosity() > logging.INFO:
         transformers_logging.disable_progress_bar()
     try:
         yield
