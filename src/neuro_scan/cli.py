@@ -59,7 +59,8 @@ def user_errors(command: Callable) -> Callable:
         from neuro_scan.runner import Interrupted
 
         verbose = kwargs.get("verbose", False)
-        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s",
+                            handlers=[ConsoleLog()])
         # read by transformers when (and if) it is imported: no import cost for fast commands
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
         # same for huggingface_hub: its retry warnings would break the one-line errors
@@ -76,6 +77,14 @@ def user_errors(command: Callable) -> Callable:
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+class ConsoleLog(logging.Handler):
+    """Log records printed by the rich console on stderr, so that they appear above the progress
+    bars instead of tearing through them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        console.print(escape(self.format(record)), highlight=False, soft_wrap=True)
 
 
 def fail(message: str) -> None:
