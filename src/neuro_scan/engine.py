@@ -65,11 +65,13 @@ class RowBlock:
 
 class Engine:
     def __init__(self, backend: Backend, probe: Probe, batch_size: int = 64, *, cache_memory: int | None = None,
-                 keep_every: int | None = None, bucket_rows: bool = True, pair_resume: bool = True):
+                 keep_every: int | None = None, bucket_rows: bool = True, pair_resume: bool = True,
+                 progress: Progress | None = None):
         """``cache_memory``: the most bytes the cached streams may take (None: no limit), which sets
         K, the spacing of the boundaries kept; ``keep_every`` sets K itself. ``bucket_rows`` batches
         rows of similar length; ``pair_resume`` lets :meth:`skip_scan` resume a pair of layers after
-        its second layer. None of them changes a score, only memory and time."""
+        its second layer. None of them changes a score, only memory and time. ``progress`` advances
+        by 1 / (row blocks) after each block of the baseline run."""
         if keep_every is not None and keep_every < 1:
             raise ValueError(f"keep_every must be at least 1, got {keep_every}")
         self.backend = backend
@@ -95,6 +97,8 @@ class Engine:
             streams = backend.run(block.batch, capture=kept, capture_device=self._cache.device)
             self._cache.streams.append({boundary: streams[boundary] for boundary in kept})
             finals.append(gather_pairs(streams[layers], self.plan, block.rows, block.pairs)[0])
+            if progress:
+                progress(1 / len(self.blocks))
         self.baseline: SampleScores = score_logits(self.plan, self.backend.unembed(torch.cat(finals)))
         self._cursor: tuple[int, list[torch.Tensor]] | None = None  # the last boundary recomputed
         self._means: dict[Target, torch.Tensor] = {}

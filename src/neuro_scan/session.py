@@ -197,9 +197,7 @@ class Session:
 
         with self.phase("baseline", f"baseline run of {probe.name} ({len(probe.samples)} samples)", 1,
                         timing=timing) as advance:
-            engine = Engine(self.backend, probe, batch_size=self.options.batch_size)
-            advance(1)
-        return engine
+            return Engine(self.backend, probe, batch_size=self.options.batch_size, progress=advance)
 
     @contextlib.contextmanager
     def phase(self, name: str, description: str, total: float, timing: str | None = None) -> Iterator[Callable[..., None]]:
