@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from neuro_scan.options import (Backend, Corpus, Device, Dtype, DupSizes, HeldoutTokens, LearningRate, LensFile, Model,
+from neuro_scan.options import (AblationKind, Backend, Corpus, GradDrop, Granularity, QkFix, VerifySample, VerifyTopK, Device, Dtype, DupSizes, HeldoutTokens, LearningRate, LensFile, Model,
                                 Output, Probes, Rank, RepeatCounts, Seed, Steps, Strategy, Tolerance, TokensPerStep,
                                 TopKPairs, TopTokens)
 from neuro_scan.probes import Probe, resolve_probe
@@ -54,6 +54,33 @@ def command(name: str) -> CommandSpec:
 @dataclass
 class MapOptions(LensOptions):
     pass
+
+
+@dataclass
+class AblateOptions(ScanOptions):
+    granularity: Granularity = "layer"
+    ablation: AblationKind = "zero"
+
+    def check(self) -> None:
+        from neuro_scan.analysis.components import check_choices
+
+        super().check()
+        check_choices(self.granularity, self.ablation)
+
+
+@dataclass
+class AttributeOptions(ScanOptions):
+    ablation: AblationKind = "zero"
+    verify_top_k: VerifyTopK = 20
+    verify_sample: VerifySample = 20
+    graddrop: GradDrop = True
+    qk_fix: QkFix = True
+
+    def check(self) -> None:
+        from neuro_scan.analysis.attribution import check_attribution
+
+        super().check()
+        check_attribution(self.ablation, self.verify_top_k, self.verify_sample)
 
 
 @dataclass
@@ -166,8 +193,11 @@ class CalibrateOptions:
 
 register(CommandSpec("map", "Full map: ablation + logit lens + block influence + labels, from one baseline pass.",
                      MapOptions, "neuro_scan.analysis.map", "neuro_scan.report.map"))
-register(CommandSpec("ablate", "Layer ablation scan: skip each layer in turn and measure the damage.",
-                     ScanOptions, "neuro_scan.analysis.ablation", "neuro_scan.report.ablation"))
+register(CommandSpec("ablate", "Ablation scan: remove each layer (or each attention/MLP block, or each head) in turn "
+                     "and measure the damage.", AblateOptions, "neuro_scan.analysis.ablation", "neuro_scan.report.ablation"))
+register(CommandSpec("attribute", "Attribution patching (AtP with AtP* corrections): every layer's, block's and head's "
+                     "damage estimated at once, then checked by exact ablation.", AttributeOptions,
+                     "neuro_scan.analysis.attribution", "neuro_scan.report.attribution"))
 register(CommandSpec("attention", "Attention entropy of every head in every layer (works under any attention "
                      "implementation).", ScanOptions, "neuro_scan.analysis.attention", "neuro_scan.report.attention"))
 register(CommandSpec("circuit", "Layer pairs that work together: joint ablation, interaction with a 95% interval per "

@@ -62,3 +62,12 @@ ServeToken = Annotated[Optional[str], typer.Option("--token", envvar="NEURO_SCAN
                                                    help="The token every request must carry (default: generated, "
                                                    "and required only off 127.0.0.1).")]
 OpenBrowser = Annotated[bool, typer.Option("--open", help="Open the page in the default browser.")]
+Granularity = Annotated[str, typer.Option("--granularity", help="What is removed in turn: layer (whole layers), sublayer "
+                                          "(each layer's attention block, then its MLP block) or head (each attention head).")]
+AblationKind = Annotated[str, typer.Option("--ablation", help="zero (the part's contribution removed) or mean (replaced by "
+                                           "its mean over the probe's real tokens in the baseline run).")]
+VerifyTopK = Annotated[int, typer.Option("--verify-top-k", help="Nodes with the largest estimates checked by exact ablation.")]
+VerifySample = Annotated[int, typer.Option("--verify-sample", help="Other nodes, drawn at random (seeded), checked by exact "
+                                           "ablation: bounds what the estimate missed.")]
+GradDrop = Annotated[bool, typer.Option("--graddrop/--no-graddrop", help="AtP*'s GradDrop correction against cancellation.")]
+QkFix = Annotated[bool, typer.Option("--qk-fix/--no-qk-fix", help="AtP*'s exact recomputation of the next attention softmax.")]

@@ -147,8 +147,13 @@ def ablation_result(baseline: SampleScores, ablated: list[SampleScores], seed: i
     )
 
 
-def execute(session, options) -> AblationResult:
-    """`ablate` (and the first phase of `map`): every layer skipped in turn."""
+def execute(session, options):
+    """`ablate` (and the first phase of `map`): every layer skipped in turn -> AblationResult; with
+    ``--granularity sublayer|head`` or ``--ablation mean``, the component scan -> ComponentResult."""
+    if getattr(options, "granularity", "layer") != "layer" or getattr(options, "ablation", "zero") != "zero":
+        from neuro_scan.analysis import components
+
+        return components.execute(session, options)
     from neuro_scan.caveats import announce, scan_warnings
     from neuro_scan.events import ConfigurationScored
 

@@ -38,6 +38,12 @@ CSV_COLUMNS = [
 
 
 def files(result: AblationResult, run: RunInfo) -> ReportFiles:
+    """`ablate`'s files: of a layer scan, or (``--granularity sublayer|head``, ``--ablation mean``)
+    of a component scan, written by its own report module."""
+    if type(result).__name__ == "ComponentResult":
+        from neuro_scan.report import components
+
+        return components.files(result, run)
     return files_of(document(result, run))
 
 
@@ -228,6 +234,10 @@ def accuracy_figure(report: dict) -> go.Figure:
 def summary(report: dict) -> list:
     """The run, the baseline, and the most damaging layers with their damage, interval, adjusted
     p-value, significance and (a map's) label; then which layers are significant."""
+    from neuro_scan.report import components
+
+    if report.get("format") == components.FORMAT:
+        return components.summary(report)
     base = report["baseline"]
     labels = report.get("layer_labels") or {}
     labelled = any(labels.values())
