@@ -99,7 +99,7 @@ def test_known_interactions_are_classified():
     class FakeEngine:  # only what run_circuit uses
         baseline = SampleScores(np.zeros(samples), np.ones(samples, dtype=bool))
 
-        def skip_scan(self, configurations, progress=None):
+        def skip_scan(self, configurations, progress=None, on_scored=None):
             joint = {frozenset({0, 1}): 3.0, frozenset({0, 2}): 1.2, frozenset({1, 2}): 2.0 + noise[3]}
             return [SampleScores(-(np.zeros(samples) + joint[c]), np.ones(samples, dtype=bool)) for c in configurations]
 
