@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -127,6 +127,7 @@ class AttentionRun(Framed):
 
     attention: AttentionResult | None
     phases: dict
+    warnings: list[str] = field(default_factory=list)  # none of its own (neuro_scan.caveats); kept for every result
 
 
 def scan(session) -> AttentionResult:

@@ -31,7 +31,7 @@ def files(result: AttentionRun, run: RunInfo) -> ReportFiles:
 
 
 def document(result: AttentionRun, run: RunInfo) -> dict:
-    return {**header(run, "attention", FORMAT), "warnings": [], **phases_section(result.phases),
+    return {**header(run, "attention", FORMAT), "warnings": result.warnings, **phases_section(result.phases),
             **section(result.attention)}
 
 
