@@ -39,13 +39,13 @@ def _offline_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def _cli_command() -> list[str]:
+def cli_command() -> list[str]:
     exe = shutil.which("neuro-scan")
     return [exe] if exe else [sys.executable, "-m", "neuro_scan.cli"]
 
 
 def run_subprocess(args: list[str], tmp_path: Path, timeout: float = 300) -> tuple[int, str, str]:
-    proc = subprocess.run([*_cli_command(), *args], capture_output=True, text=True, cwd=tmp_path,
+    proc = subprocess.run([*cli_command(), *args], capture_output=True, text=True, cwd=tmp_path,
                           env=_offline_env(tmp_path), timeout=timeout)
     return proc.returncode, proc.stdout, proc.stderr
 

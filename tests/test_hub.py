@@ -13,14 +13,13 @@ import copy
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from hub_server import LocalHub
-from test_cli_errors import assert_usage_error
+from test_cli_errors import assert_usage_error, cli_command
 
 from neuro_scan.errors import UsageError
 from neuro_scan.hub.layout import INDEX_FORMAT, HubIndex, IndexEntry, match_models, report_path
@@ -37,11 +36,6 @@ REFERENCE_ROW_KEYS = ["layer_idx", "score", "score_delta", "uncertainty", "log_o
 # ---------------------------------------------------------------------------------------- helpers
 
 
-def _cli() -> list[str]:
-    exe = shutil.which("neuro-scan")
-    return [exe] if exe else [sys.executable, "-m", "neuro_scan.cli"]
-
-
 def _env(home: Path, hub: LocalHub | None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "NEURO_SCAN_HUB_REPO", "HF_ENDPOINT")}
@@ -52,7 +46,7 @@ def _env(home: Path, hub: LocalHub | None, **extra: str) -> dict[str, str]:
 
 
 def run(args: list[str], home: Path, hub: LocalHub | None, timeout: float = 120, **extra: str) -> tuple[int, str, str]:
-    proc = subprocess.run([*_cli(), *args], capture_output=True, text=True, env=_env(home, hub, **extra),
+    proc = subprocess.run([*cli_command(), *args], capture_output=True, text=True, env=_env(home, hub, **extra),
                           cwd=home, timeout=timeout)
     return proc.returncode, proc.stdout, proc.stderr
 

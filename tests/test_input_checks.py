@@ -461,11 +461,11 @@ def dead_hub():
 
 
 def run_against(hub: RecordingServer, args: list[str], home: Path, **extra: str) -> subprocess.CompletedProcess:
-    from test_cli_errors import _cli_command
+    from test_cli_errors import cli_command
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "NEURO_SCAN_"))}
     env.update(HF_HOME=str(home), HF_ENDPOINT=hub.url, NO_COLOR="1", COLUMNS="300", **extra)
-    return subprocess.run([*_cli_command(), *args], capture_output=True, text=True, env=env, cwd=home, timeout=300)
+    return subprocess.run([*cli_command(), *args], capture_output=True, text=True, env=env, cwd=home, timeout=300)
 
 
 def test_unreachable_hub_model_fails_after_one_request(dead_hub, tmp_path):

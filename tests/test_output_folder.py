@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_cli_errors import cli_command
 from typer.testing import CliRunner
 
 from neuro_scan.cli import app
@@ -41,14 +42,9 @@ def cli(args: list[str]) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def command_line(*args: str) -> list[str]:
-    exe = shutil.which("neuro-scan")
-    return [exe, *args] if exe else [sys.executable, "-m", "neuro_scan.cli", *args]
-
-
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1", NO_COLOR="1", COLUMNS="300")
-    return subprocess.Popen(command_line(*args), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    return subprocess.Popen([*cli_command(), *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
 
