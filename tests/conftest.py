@@ -30,15 +30,21 @@ def smollm2_backend():
     return open_backend(smollm2_gguf(), device="cpu")
 
 
+# the architecture every all-architecture test also runs in the inner loop (pytest -m "not slow")
+FAST_ARCHITECTURE = "llama"
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """A test asking for ``tiny_backend`` runs once per architecture in tests/tiny_models.py, unless it
-    names its own: ``@pytest.mark.parametrize("tiny_backend", ["llama", "gpt2"], indirect=True)``.
+    """A test asking for ``tiny_backend`` runs once per architecture in tests/tiny_models.py, all but
+    FAST_ARCHITECTURE marked slow; unless it names its own architectures:
+    ``@pytest.mark.parametrize("tiny_backend", ["llama", "gpt2"], indirect=True)``.
     (Done here rather than with fixture params so that conftest does not import torch.)"""
     if "tiny_backend" in metafunc.fixturenames and not any(
             "tiny_backend" in _argnames(mark) for mark in metafunc.definition.iter_markers("parametrize")):
         from tiny_models import CONFIGS
 
-        metafunc.parametrize("tiny_backend", list(CONFIGS), indirect=True)
+        params = [pytest.param(name, marks=() if name == FAST_ARCHITECTURE else pytest.mark.slow) for name in CONFIGS]
+        metafunc.parametrize("tiny_backend", params, indirect=True)
 
 
 def _argnames(mark: pytest.Mark) -> list[str]:
