@@ -11,6 +11,7 @@ import pytest
 DOC = Path(__file__).parent.parent / "docs" / "python-api.md"
 
 
+@pytest.mark.slow
 def test_the_documented_examples_run_and_agree_with_the_written_report(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)

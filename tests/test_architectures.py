@@ -380,6 +380,7 @@ def test_readme_states_the_verified_count():
     assert f"{verified} of the {len(MODEL_TYPES)} causal-LM model types in transformers {version}" in readme
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_model_type_matches_the_table(model_type):
     row = examine(model_type)

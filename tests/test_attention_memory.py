@@ -113,6 +113,7 @@ def test_each_layer_is_reduced_and_dropped_before_the_next_layer_runs():
     assert backend.model.config._attn_implementation == "sdpa"
 
 
+@pytest.mark.slow
 @linux_only
 def test_map_with_long_prompts_fits_where_every_layer_at_once_did_not(tmp_path, long_demo):
     probe = long_probe(tmp_path, 3000, 2)
@@ -129,6 +130,7 @@ def test_map_with_long_prompts_fits_where_every_layer_at_once_did_not(tmp_path, 
     assert entropy.shape == (4, 4) and (entropy > 0).all() and (entropy <= np.log2(3002)).all()
 
 
+@pytest.mark.slow
 @linux_only
 def test_attention_out_of_memory_names_the_phase_and_writes_the_rest(tmp_path, long_demo):
     """One 6,000-token row needs 576 MB of weights for one layer and as much again for its scores:

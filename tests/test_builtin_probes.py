@@ -341,6 +341,7 @@ def _local_tokenizer():
         pytest.skip(f"cannot read the tokenizer from {ggufs[0].name}: {exc}")
 
 
+@pytest.mark.slow
 def test_answers_are_short_in_tokens():
     tok = _local_tokenizer()
     for name in sorted(MIN_SAMPLES):

@@ -71,6 +71,7 @@ def test_interaction_type_needs_an_interval_that_excludes_zero():
 # ----------------------------------------------------------------------------- pair interactions
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [3, 64])
 def test_pair_interactions_equal_naive_pair_ablations(batch_size):
     backend = make_backend("llama")

@@ -138,6 +138,7 @@ def test_folder_with_broken_config(command, tmp_path):
     assert_usage_error(rc, stdout, stderr, ["--model", str(broken)], out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", COMMANDS)
 def test_hub_id_while_offline(command, tmp_path):
     out = tmp_path / "out"
@@ -198,6 +199,7 @@ def test_bad_custom_probe_fails_before_model_load(command, case, tmp_path, no_mo
                        forbidden=["--model", HUB_ID])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("command", "case"), [("map", "not_json"), ("ablate", "sample_without_answer"),
                                                ("map", "probe_without_name"), ("ablate", "no_samples"),
                                                ("map", "answer_not_in_choices"),
@@ -349,6 +351,7 @@ def _check_ablation_outputs(out: Path) -> dict:
     return report
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("probe", [OUR_PROBE, DIGITS_PROBE], ids=["our_format", "digits_format"])
 def test_ablate_with_valid_custom_probe_succeeds(probe, tiny_model_folder, tmp_path):
     probe_file = write_json(tmp_path / f"{probe['name']}.json", probe)

@@ -141,6 +141,7 @@ def test_compare_imports_no_torch(tmp_path):
     assert run.returncode == 0, run.stderr
 
 
+@pytest.mark.slow
 def test_our_reports_compare(cli, tmp_path):
     """Reports written by our own map and ablate (the demo model, two probes)."""
     for probe, command in (("arith", "map"), ("facts", "ablate")):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from neuro_scan.backend.loading import demo_model_dir, resolve_source
@@ -20,6 +21,7 @@ def test_demo_is_an_ordinary_model_folder():
     assert backend.info.architecture == "llama" and backend.num_layers == 4 and backend.info.dtype == "float32"
 
 
+@pytest.mark.slow
 def test_demo_map_shows_real_structure(tmp_path):
     result = CliRunner().invoke(app, ["map", "--model", "demo", "--probe", "arith", "--output", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -33,6 +35,7 @@ def test_demo_map_shows_real_structure(tmp_path):
     assert report["tool"]["name"] == "neuro-scan" and report["device"] == "cpu"
 
 
+@pytest.mark.slow
 def test_same_inputs_give_the_same_report(tmp_path):
     reports = []
     for run in ("a", "b"):

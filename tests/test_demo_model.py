@@ -114,6 +114,7 @@ def test_tokenizer_is_char_level_with_bos(tokenizer):
 
 # ----------------------------------------------------------------------------- (b) training
 
+@pytest.mark.slow
 def test_short_training_run_lowers_the_loss(trainer):
     # one thread: about 15 s on one free core (a second thread on a busy machine only slows it)
     result = trainer.train(steps=150, seed=1, threads=1)
@@ -126,6 +127,7 @@ def test_short_training_run_lowers_the_loss(trainer):
     assert len(heldout) == 810
 
 
+@pytest.mark.slow
 def test_training_is_reproducible(trainer):
     first = trainer.train(steps=20, seed=3, threads=1)
     second = trainer.train(steps=20, seed=3, threads=1)

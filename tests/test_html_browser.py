@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 
 from neuro_scan.cli import app
 
+pytestmark = pytest.mark.slow
+
 ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -132,6 +132,7 @@ def home(tmp_path) -> Path:
 # ------------------------------------------------------------------------------------------ fetch
 
 
+@pytest.mark.slow
 def test_fetch_prints_the_summary_and_saves_a_real_report(hub, home, served, demo_report, tmp_path):
     saved = tmp_path / "fetched" / "report.json"
     stdout = ok(run(["fetch", "--model", "acme/Tiny-Demo", "--probe", "arith", "--repo", REPO, "-o", str(saved)],
@@ -152,28 +153,33 @@ def test_fetch_prints_the_summary_and_saves_a_real_report(hub, home, served, dem
                                      for method in ("HEAD", "GET")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["tiny-demo", "TINY-DEMO", "ACME/tiny-demo"])
 def test_fetch_matches_a_unique_name_ignoring_case(name, hub, home):
     stdout = ok(run(["fetch", "--model", name, "--probe", "arith", "--repo", REPO], home, hub))
     assert stdout.startswith("acme/Tiny-Demo · probe arith")
 
 
+@pytest.mark.slow
 def test_fetch_ambiguous_name_lists_the_candidates(hub, home):
     line = one_error(run(["fetch", "--model", "demo-4l", "--probe", "arith", "--repo", REPO], home, hub),
                      ["'demo-4l'", "matches several models", "acme/Demo-4L", "other/demo-4l", "full id"])
     assert "Tiny-Demo" not in line
 
 
+@pytest.mark.slow
 def test_fetch_exact_id_wins_over_a_name_match(hub, home):
     assert ok(run(["fetch", "--model", "other/demo-4l", "--probe", "arith", "--repo", REPO], home, hub)) \
         .startswith("other/demo-4l · probe arith")
 
 
+@pytest.mark.slow
 def test_fetch_an_org_qualified_name_never_matches_another_org(hub, home):
     one_error(run(["fetch", "--model", "someone/Tiny-Demo", "--probe", "arith", "--repo", REPO], home, hub),
               ["no report for model 'someone/Tiny-Demo'", REPO])
 
 
+@pytest.mark.slow
 def test_fetch_missing_probe_says_what_the_model_has(hub, home, tmp_path):
     saved = tmp_path / "report.json"
     one_error(run(["fetch", "--model", "tiny-demo", "--probe", "math", "--repo", REPO, "-o", str(saved)], home, hub),
@@ -181,6 +187,7 @@ def test_fetch_missing_probe_says_what_the_model_has(hub, home, tmp_path):
     assert not saved.exists()
 
 
+@pytest.mark.slow
 def test_fetch_unknown_model_suggests_names(hub, home):
     one_error(run(["fetch", "--model", "acme/Tiny-Dem", "--probe", "arith", "--repo", REPO], home, hub),
               ["no report for model 'acme/Tiny-Dem'", "did you mean acme/Tiny-Demo"])
@@ -188,16 +195,19 @@ def test_fetch_unknown_model_suggests_names(hub, home):
               ["no report for model 'zzz'", "4 models have reports", "fetch --list"])
 
 
+@pytest.mark.slow
 def test_fetch_repository_missing(hub, home):
     one_error(run(["fetch", "--model", "acme/Tiny-Demo", "--probe", "arith", "--repo", "acme/nope"], home, hub),
               ["dataset acme/nope not found", hub.url, "--repo", "NEURO_SCAN_HUB_REPO"])
 
 
+@pytest.mark.slow
 def test_fetch_repo_from_the_environment(hub, home):
     stdout = ok(run(["fetch", "--model", "tiny-demo", "--probe", "arith"], home, hub, NEURO_SCAN_HUB_REPO=REPO))
     assert f"from {REPO}: reports/acme__Tiny-Demo/arith.json" in stdout
 
 
+@pytest.mark.slow
 def test_fetch_hub_unreachable(hub, home, tmp_path):
     """Server stopped, empty cache: huggingface_hub retries for about 20 s, then one clear line."""
     hub.stop()
@@ -209,6 +219,7 @@ def test_fetch_hub_unreachable(hub, home, tmp_path):
     assert not saved.exists()
 
 
+@pytest.mark.slow
 def test_offline_fetch_reuses_the_cache(hub, home, tmp_path):
     ok(run(["fetch", "--model", "acme/Tiny-Demo", "--probe", "arith", "--repo", REPO], home, hub))
     ok(run(["fetch", "--model", "acme/demo-4l", "--probe", "arith", "--repo", REPO], home, hub))  # by name
@@ -225,6 +236,7 @@ def test_offline_fetch_reuses_the_cache(hub, home, tmp_path):
               ["no 'math' report for acme/Tiny-Demo", "cached index.json", "HF_HUB_OFFLINE"])
 
 
+@pytest.mark.slow
 def test_offline_fetch_without_a_cached_copy(hub, home):
     one_error(run(["fetch", "--model", "acme/Tiny-Demo", "--probe", "arith", "--repo", REPO], home, hub,
                   HF_HUB_OFFLINE="1"),
@@ -242,6 +254,7 @@ CORRUPT = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CORRUPT))
 def test_fetch_corrupt_report(case, hub, home, served, tmp_path):
     path = "reports/acme__Tiny-Demo/arith.json"
@@ -268,6 +281,7 @@ BAD_INDEXES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(BAD_INDEXES))
 def test_fetch_corrupt_index(case, hub, home):
     content, fragments = BAD_INDEXES[case]
@@ -276,12 +290,14 @@ def test_fetch_corrupt_index(case, hub, home):
               [f"index.json of dataset {REPO}", *fragments])
 
 
+@pytest.mark.slow
 def test_fetch_bad_repository_id(hub, home):
     one_error(run(["fetch", "--model", "acme/Tiny-Demo", "--repo", "not a repo"], home, hub),
               ["--repo", "'not a repo'", "not a Hub repository id"])
     assert hub.requests == []
 
 
+@pytest.mark.slow
 def test_fetch_reference_format_report(hub, home, tmp_path):
     saved = tmp_path / "ref.json"
     stdout = ok(run(["fetch", "--model", "ref-model", "--probe", "math", "--repo", REPO, "-o", str(saved)], home, hub))
@@ -289,6 +305,7 @@ def test_fetch_reference_format_report(hub, home, tmp_path):
     assert "format" not in json.loads(saved.read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow
 def test_fetch_list(hub, home):
     stdout = ok(run(["fetch", "--list", "--repo", REPO], home, hub))
     rows = [line for line in stdout.splitlines() if line.count("│") > 2]
@@ -298,10 +315,12 @@ def test_fetch_list(hub, home):
     assert "acme/Demo-4L" in stdout and "other/demo-4l" in stdout and "Tiny-Demo" not in stdout
 
 
+@pytest.mark.slow
 def test_fetch_needs_a_model(hub, home):
     one_error(run(["fetch", "--repo", REPO], home, hub), ["--model is required", "--list"])
 
 
+@pytest.mark.slow
 def test_fetch_output_is_not_a_file_name(hub, home, tmp_path):
     one_error(run(["fetch", "--model", "acme/Tiny-Demo", "--repo", REPO, "-o", str(tmp_path)], home, hub),
               ["--output", str(tmp_path), "is a folder"])
@@ -315,6 +334,7 @@ def test_fetch_output_is_not_a_file_name(hub, home, tmp_path):
 # ---------------------------------------------------------------------------------- downstream tools
 
 
+@pytest.mark.slow
 def test_fetched_report_feeds_layer_scan_annotate(hub, home, served, tmp_path):
     saved = tmp_path / "report.json"
     ok(run(["fetch", "--model", "tiny-demo", "--probe", "arith", "--repo", REPO, "-o", str(saved)], home, hub))
@@ -333,6 +353,7 @@ def test_fetched_report_feeds_layer_scan_annotate(hub, home, served, tmp_path):
     assert labels["1"] in proc.stdout + html.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_fetched_reports_feed_compare(hub, home, tmp_path):
     first, second = tmp_path / "a.json", tmp_path / "b.json"
     ok(run(["fetch", "--model", "tiny-demo", "--probe", "arith", "--repo", REPO, "-o", str(first)], home, hub))
@@ -353,6 +374,7 @@ def _write(path: Path, data) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_publish_opens_a_pull_request(hub, home, demo_report, served, tmp_path):
     report_file = _write(tmp_path / "report.json", demo_report)  # model "demo", as `map --model demo` wrote it
     stdout = ok(run(["publish", str(report_file), "--model", "acme/Published", "--repo", REPO], home, hub,
@@ -379,6 +401,7 @@ def test_publish_opens_a_pull_request(hub, home, demo_report, served, tmp_path):
                                           f"POST /api/datasets/{REPO}/commit/main?create_pr=1"]
 
 
+@pytest.mark.slow
 def test_publish_to_main_then_fetch_it_back(hub, home, demo_report, tmp_path):
     ok(run(["fetch", "--model", "acme/Tiny-Demo", "--probe", "arith", "--repo", REPO], home, hub))  # now cached
     rescanned = {**as_model(demo_report, "acme/Tiny-Demo"), "created_at": "2030-01-01T00:00:00+00:00"}
@@ -397,6 +420,7 @@ def test_publish_to_main_then_fetch_it_back(hub, home, demo_report, tmp_path):
     assert json.loads(saved.read_text(encoding="utf-8")) == rescanned
 
 
+@pytest.mark.slow
 def test_publish_into_a_repository_without_index(home, demo_report, tmp_path):
     report_file = _write(tmp_path / "report.json", as_model(demo_report, "acme/First"))
     with LocalHub(token=TOKEN, lifetime=120) as empty_hub:
@@ -418,6 +442,7 @@ PUBLISH_REFUSALS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(PUBLISH_REFUSALS))
 def test_publish_refuses_an_invalid_report_before_any_request(case, hub, home, demo_report, tmp_path):
     change, extra, fragments = PUBLISH_REFUSALS[case]
@@ -427,6 +452,7 @@ def test_publish_refuses_an_invalid_report_before_any_request(case, hub, home, d
     assert hub.requests == [] and hub.commits == []
 
 
+@pytest.mark.slow
 def test_publish_refuses_a_file_that_is_not_json(hub, home, tmp_path):
     report_file = tmp_path / "report.json"
     report_file.write_text("{oops", encoding="utf-8")
@@ -437,12 +463,14 @@ def test_publish_refuses_a_file_that_is_not_json(hub, home, tmp_path):
     assert hub.requests == []
 
 
+@pytest.mark.slow
 def test_publish_needs_a_token(hub, home, demo_report, tmp_path):
     report_file = _write(tmp_path / "report.json", as_model(demo_report, "acme/x"))
     one_error(run(["publish", str(report_file), "--repo", REPO], home, hub), ["needs a Hugging Face token", "HF_TOKEN"])
     assert hub.requests == []
 
 
+@pytest.mark.slow
 def test_publish_with_a_rejected_token(hub, home, demo_report, tmp_path):
     report_file = _write(tmp_path / "report.json", as_model(demo_report, "acme/x"))
     one_error(run(["publish", str(report_file), "--repo", REPO], home, hub, HF_TOKEN="hf_wrong"),
@@ -450,12 +478,14 @@ def test_publish_with_a_rejected_token(hub, home, demo_report, tmp_path):
     assert hub.commits == []
 
 
+@pytest.mark.slow
 def test_publish_to_a_missing_repository(hub, home, demo_report, tmp_path):
     report_file = _write(tmp_path / "report.json", as_model(demo_report, "acme/x"))
     one_error(run(["publish", str(report_file), "--repo", "acme/nope"], home, hub, HF_TOKEN=TOKEN),
               ["dataset acme/nope not found", "--repo"])
 
 
+@pytest.mark.slow
 def test_publish_while_offline(hub, home, demo_report, tmp_path):
     report_file = _write(tmp_path / "report.json", as_model(demo_report, "acme/x"))
     one_error(run(["publish", str(report_file), "--repo", REPO], home, hub, HF_TOKEN=TOKEN, HF_HUB_OFFLINE="1"),
@@ -474,6 +504,7 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_fast_commands_never_import_torch_or_transformers(hub, home, demo_report, tmp_path):
     report_file = _write(tmp_path / "report.json", as_model(demo_report, "acme/x"))
     commands = {

@@ -205,6 +205,7 @@ def test_answers_with_unknown_characters_are_refused(sample, fragments, tmp_path
     assert forwards == []
 
 
+@pytest.mark.slow
 def test_prompts_with_unknown_characters_are_warned_about(tmp_path):
     """A real process: the warning line on stderr names the samples and characters; the run completes."""
     prompts = ["1+1=", "2+2=\n", "3+3=é😀", "4+4="]
@@ -468,6 +469,7 @@ def run_against(hub: RecordingServer, args: list[str], home: Path, **extra: str)
     return subprocess.run([*cli_command(), *args], capture_output=True, text=True, env=env, cwd=home, timeout=300)
 
 
+@pytest.mark.slow
 def test_unreachable_hub_model_fails_after_one_request(dead_hub, tmp_path):
     """Before: every file was asked for six times with back-off (about 50 s); now the Hub is asked once."""
     out = tmp_path / "out"
@@ -482,6 +484,7 @@ def test_unreachable_hub_model_fails_after_one_request(dead_hub, tmp_path):
     assert_nothing_written(out)
 
 
+@pytest.mark.slow
 def test_unreachable_hub_loads_a_cached_model(dead_hub, tiny_model_folder, tmp_path):
     """Nothing lost: a model in the Hugging Face cache still loads when the Hub does not answer."""
     commit = "0123456789abcdef0123456789abcdef01234567"
@@ -496,6 +499,7 @@ def test_unreachable_hub_loads_a_cached_model(dead_hub, tiny_model_folder, tmp_p
     assert [r for r in dead_hub.requests if "acme/tiny" in r] == []
 
 
+@pytest.mark.slow
 def test_offline_mode_asks_nothing_and_says_nothing_about_contacting(dead_hub, tmp_path):
     run = run_against(dead_hub, ["ablate", "--model", "acme/some-model", "-o", str(tmp_path / "out")], tmp_path,
                       HF_HUB_OFFLINE="1")
@@ -504,6 +508,7 @@ def test_offline_mode_asks_nothing_and_says_nothing_about_contacting(dead_hub, t
     assert dead_hub.requests == []
 
 
+@pytest.mark.slow
 def test_unreachable_hub_fetch_fails_after_one_request(dead_hub, tmp_path):
     run = run_against(dead_hub, ["fetch", "--model", "acme/some-model", "--repo", "acme/reports"], tmp_path)
     assert_usage_error(run.returncode, run.stdout, run.stderr,

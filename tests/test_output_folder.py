@@ -203,6 +203,7 @@ def test_a_folder_held_by_another_run_is_refused_before_loading(demo_maps, tmp_p
     assert visible(folder) == MAP_FILES | {"comparison.json", "comparison.html"}
 
 
+@pytest.mark.slow
 def test_two_cli_runs_into_one_folder(demo_maps, tmp_path):
     folder = tmp_path / "results"
     first = start(["map", "--model", "demo", "--probe", "arith", "-o", str(folder)], tmp_path)
@@ -237,6 +238,7 @@ def killed_writes(request, demo_maps, tmp_path_factory):
     return work, complete, old, new
 
 
+@pytest.mark.slow
 def test_a_writer_killed_at_any_step_leaves_one_complete_set(killed_writes):
     work, complete, old, new = killed_writes
     runs = [old, new]
@@ -260,6 +262,7 @@ def test_a_writer_killed_at_any_step_leaves_one_complete_set(killed_writes):
     assert complete > 20
 
 
+@pytest.mark.slow
 def test_each_file_is_fsynced_before_its_rename_and_the_folder_after(killed_writes):
     work, complete, _, new = killed_writes
     trace = json.loads((work / "trace.json").read_text())
@@ -276,6 +279,7 @@ def test_each_file_is_fsynced_before_its_rename_and_the_folder_after(killed_writ
     assert ["fsync", folder] in trace[renames[-1]:removal], "the renames were not made durable before the record went"
 
 
+@pytest.mark.slow
 def test_killed_cli_runs_leave_one_complete_set_and_the_next_run_cleans_up(demo_maps, tmp_path):
     folder = copy_of(demo_maps["facts"], tmp_path / "results")
     old = Run(demo_maps["facts"], MAP_FILES)
@@ -381,6 +385,7 @@ def test_files_follow_the_umask(umask, tmp_path):
 # ------------------------------------------------------------------------------------- 9: Ctrl-C
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("earlier", [True, False], ids=["earlier results", "new folder"])
 def test_ctrl_c_says_what_was_stopped_and_what_the_folder_holds(earlier, demo_maps, tmp_path):
     folder = copy_of(demo_maps["facts"], tmp_path / "results") if earlier else tmp_path / "results"
@@ -403,6 +408,7 @@ def test_ctrl_c_says_what_was_stopped_and_what_the_folder_holds(earlier, demo_ma
         assert not folder.exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_writing_takes_effect_once_the_files_are_in_place(demo_maps, tmp_path):
     """The writing is not cut short: the folder holds the run's files as far as it wrote them."""
     folder = copy_of(demo_maps["facts"], tmp_path / "results")

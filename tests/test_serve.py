@@ -20,6 +20,8 @@ from serve_process import Server, pause, resume, wait_for_sigint
 from neuro_scan.report.read import read_report
 from neuro_scan.serve.settings import make_settings
 
+pytestmark = pytest.mark.slow
+
 DEMO = {"model": "demo", "probe": "arith"}
 LEFT_BEHIND = (".neuro-scan-tmp.", ".neuro-scan-commit.json", ".neuro-scan.lock", ".neuro-scan-part.")
 SERVER_FILES = {"job.json", "events.jsonl", "worker.log"}

@@ -15,6 +15,8 @@ pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip ins
 
 from serve_process import Server
 
+pytestmark = pytest.mark.slow
+
 VIEWERS = 50
 LIST_RATE = 20  # report-list requests per second
 LIMIT_SECONDS = 300  # the requests stop by then whatever happens

@@ -24,6 +24,7 @@ SKEWED = {
 PROBES = 4000  # simulated probes per setting: the coverage estimate's standard error is about 0.0035
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_samples", [12, 30])
 def test_nominal_95_intervals_cover_the_true_mean(num_samples):
     """Every simulated probe's interval is computed as a scan computes a layer's (one row each).
