@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -144,10 +145,12 @@ def test_bad_options_fail_before_torch_is_imported(args, tmp_path):
 def test_transformers_bars_only_with_verbose(tmp_path):
     """transformers' own 'Loading weights' bar would interleave with ours: shown only with --verbose."""
     shown = {}
+    # the in-process CLI of other tests sets TRANSFORMERS_VERBOSITY here; a user's own setting would win
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
     for flag in ([], ["--verbose"]):
         done = subprocess.run([sys.executable, "-m", "neuro_scan.cli", "ablate", "--model", "demo", "--probe", "facts",
                                "--max-samples", "4", "--output", str(tmp_path / str(len(flag))), *flag],
-                              capture_output=True, text=True, timeout=600, check=False)
+                              capture_output=True, text=True, timeout=600, check=False, env=env)
         assert done.returncode == 0, done.stderr
         shown[bool(flag)] = "Loading weights" in done.stderr
     assert shown == {False: False, True: True}
