@@ -18,9 +18,9 @@ from typing import Annotated
 
 import typer
 
-from neuro_scan.options import (AblationKind, Backend, Corpus, GradDrop, Granularity, QkFix, VerifySample, VerifyTopK, Device, Dtype, DupSizes, HeldoutTokens, LearningRate, LensFile, Model,
+from neuro_scan.options import (ABLATION_KINDS, GRANULARITIES, AblationKind, Backend, Corpus, GradDrop, Granularity, QkFix, VerifySample, VerifyTopK, Device, Dtype, DupSizes, HeldoutTokens, LearningRate, LensFile, Model,
                                 Output, Probes, Rank, RepeatCounts, Seed, Steps, Strategy, Tolerance, TokensPerStep,
-                                TopKPairs, TopTokens)
+                                TopKPairs, TopTokens, check_choice)
 from neuro_scan.probes import Probe, resolve_probe
 from neuro_scan.session import LensOptions, ScanOptions, check_positive, parse_counts
 
@@ -62,10 +62,9 @@ class AblateOptions(ScanOptions):
     ablation: AblationKind = "zero"
 
     def check(self) -> None:
-        from neuro_scan.analysis.components import check_choices
-
         super().check()
-        check_choices(self.granularity, self.ablation)
+        check_choice("--granularity", self.granularity, GRANULARITIES)
+        check_choice("--ablation", self.ablation, ABLATION_KINDS)
 
 
 @dataclass
@@ -77,10 +76,11 @@ class AttributeOptions(ScanOptions):
     qk_fix: QkFix = True
 
     def check(self) -> None:
-        from neuro_scan.analysis.attribution import check_attribution
-
         super().check()
-        check_attribution(self.ablation, self.verify_top_k, self.verify_sample)
+        check_choice("--ablation", self.ablation, ABLATION_KINDS)
+        check_positive(("--verify-top-k", self.verify_top_k))
+        if self.verify_sample < 0:
+            raise UsageError(f"--verify-sample: must be a whole number >= 0, got {self.verify_sample}")
 
 
 @dataclass

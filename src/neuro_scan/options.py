@@ -71,3 +71,14 @@ VerifySample = Annotated[int, typer.Option("--verify-sample", help="Other nodes,
                                            "ablation: bounds what the estimate missed.")]
 GradDrop = Annotated[bool, typer.Option("--graddrop/--no-graddrop", help="AtP*'s GradDrop correction against cancellation.")]
 QkFix = Annotated[bool, typer.Option("--qk-fix/--no-qk-fix", help="AtP*'s exact recomputation of the next attention softmax.")]
+
+GRANULARITIES = ("layer", "sublayer", "head")  # --granularity
+ABLATION_KINDS = ("zero", "mean")  # --ablation (backend.base.ABLATIONS is this tuple)
+
+
+def check_choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
+    """A choice option; no heavy import, so a bad choice fails before torch loads."""
+    if value not in allowed:
+        from neuro_scan.errors import UsageError
+
+        raise UsageError(f"{option}: '{value}' is not one of {', '.join(allowed)}")
