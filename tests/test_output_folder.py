@@ -28,9 +28,9 @@ from neuro_scan.report.folder import COMMIT_FILE, MANIFEST_FILE, TEMP_PREFIX
 from neuro_scan.report.lock import LOCK_FILE
 
 HERE = Path(__file__).parent
-MAP_FILES = {"report.json", "ablation.csv", "ablation.html", "logit_lens.html", "entropy_profile.html",
-             "attention.html", "index.html", "plotly.min.js"}
-ABLATE_FILES = {"ablation.json", "ablation.csv", "ablation.html", "plotly.min.js"}
+MAP_FILES = {"report.json", "ablation.csv", "ablation.html", "accuracy.html", "logit_lens.html", "entropy_profile.html",
+             "block_influence.html", "attention.html", "index.html", "plotly.min.js"}
+ABLATE_FILES = {"ablation.json", "ablation.csv", "ablation.html", "accuracy.html", "plotly.min.js"}
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -313,8 +313,9 @@ def test_another_probe_removes_the_earlier_runs_files_and_keeps_the_users(demo_m
     assert rc == 0, stderr
     assert visible(folder) == ABLATE_FILES | {"notes.txt"} and (folder / "notes.txt").read_text() == "mine\n"
     removed = [line for line in stdout.splitlines() if line.startswith("removed")]
-    assert removed == ["removed 5 files of an earlier run (map: model demo, probe facts, samples 24, seed 0) from "
-                       f"{folder}: report.json, logit_lens.html, entropy_profile.html, attention.html, index.html"]
+    assert removed == ["removed 6 files of an earlier run (map: model demo, probe facts, samples 24, seed 0) from "
+                       f"{folder}: report.json, logit_lens.html, entropy_profile.html, block_influence.html, attention.html, "
+                       "index.html"]
 
 
 def test_outputs_of_the_same_run_from_other_commands_stay(demo_maps, tmp_path):
