@@ -81,3 +81,71 @@ def test_ablating_nothing_equals_baseline():
     np.testing.assert_array_equal(alone.answer_logprob, engine.baseline.answer_logprob)
     np.testing.assert_allclose(mixed.answer_logprob, engine.baseline.answer_logprob, atol=1e-5)
     np.testing.assert_allclose(naive_answer_logprobs(backend, PROBE)[0], engine.baseline.answer_logprob, atol=1e-4)
+
+
+
+# -- the journal and workers seam: configurations found, shared and gathered ---------------------------
+
+
+class DictJournal:
+    """The journal's contract in memory: what was recorded under a key is found under it."""
+
+    def __init__(self):
+        self.entries = {}
+
+    def find(self, key):
+        return self.entries.get(key)
+
+    def record(self, key, scores):
+        self.entries[key] = scores
+
+
+class TwoWorkers:
+    """Two processes in one: this one scores every other configuration; the other's share is scored
+    by ``other(indices)`` (a separate engine on the same model) when gathering."""
+
+    def __init__(self, other):
+        self.other, self.theirs = other, []
+
+    def share(self, indices):
+        self.theirs = indices[1::2]
+        return indices[::2]
+
+    def gather(self, scored):
+        return {**scored, **dict(zip(self.theirs, self.other(self.theirs)))}
+
+
+def assert_scores_equal(found, expected):
+    assert len(found) == len(expected)
+    for a, b in zip(found, expected):
+        np.testing.assert_allclose(a.answer_logprob, b.answer_logprob, atol=1e-5, rtol=0)
+
+
+def test_a_scan_resumed_from_its_journal_and_shared_between_workers_equals_one_plain_scan():
+    from neuro_scan.backend.base import Target
+
+    backend = make_backend("llama")
+    skips = [frozenset({layer}) for layer in range(backend.num_layers)] + [frozenset({0, 2}), frozenset({1, 3})]
+    targets = [frozenset({Target(1, "attention")}), frozenset({Target(2, "head", 1), Target(0, "mlp")})]
+    blocks = [(0, 0), (1, 3)]
+    plain = Engine(backend, PROBE, batch_size=8)
+
+    interrupted = Engine(backend, PROBE, batch_size=8)
+    interrupted.journal = journal = DictJournal()
+    interrupted.skip_scan(skips[:3])
+    assert sorted(journal.entries) == ["skip L0", "skip L1", "skip L2"]
+
+    resumed = Engine(backend, PROBE, batch_size=8)
+    resumed.journal = journal
+    seen = []
+    resumed.workers = TwoWorkers(lambda chosen: plain.skip_scan([skips[i] for i in chosen]))
+    assert_scores_equal(resumed.skip_scan(skips, on_scored=lambda i, s: seen.append(i)), plain.skip_scan(skips))
+    assert sorted(seen) == list(range(len(skips)))  # the journal's, this process's and the other's
+    assert resumed.workers.theirs == list(range(4, len(skips), 2))  # 0..2 were in the journal
+    resumed.workers = TwoWorkers(lambda chosen: plain.ablation_scan([targets[i] for i in chosen], "mean"))
+    assert_scores_equal(resumed.ablation_scan(targets, "mean"), plain.ablation_scan(targets, "mean"))
+    resumed.workers = TwoWorkers(lambda chosen: plain.repeat_scan([blocks[i] for i in chosen]))
+    assert_scores_equal(resumed.repeat_scan(blocks), plain.repeat_scan(blocks))
+    assert {"skip L0,L2", "skip L1,L3", "mean L1.attention", "mean L0.mlp,L2.H1", "repeat 0-0", "repeat 1-3"} <= set(
+        journal.entries)
+    assert len(journal.entries) == len(skips) + len(targets) + len(blocks)

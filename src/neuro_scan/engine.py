@@ -17,12 +17,18 @@ At scale (docs/scale.md), without changing a score:
   padding; a short bucket stacks more configurations into each forward;
 - pairs: a pair (i, j) resumes after j from the run with i skipped, cached once for every pair
   with that first layer (:meth:`Engine.skip_scan`).
+
+Every scan names each configuration by a key (``skip L3,L7``, ``mean L2.H5``, ``repeat 4-9``) and
+asks two optional collaborators before it runs anything: ``journal`` (configurations already
+scored by an interrupted run: :mod:`neuro_scan.journal`) and ``workers`` (which configurations this
+process scores when several processes share the scan: :mod:`neuro_scan.distributed`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -52,6 +58,22 @@ from neuro_scan.stream_cache import (
 
 Progress = Callable[[float], None]
 Scored = Callable[[int, "SampleScores"], None]  # (configuration index, its scores), as each is scored
+
+
+class Journal(Protocol):
+    """Scores of configurations finished earlier, found again by their key."""
+
+    def find(self, key: str) -> SampleScores | None: ...
+
+    def record(self, key: str, scores: SampleScores) -> None: ...
+
+
+class Workers(Protocol):
+    """The processes sharing a scan: which configurations this one scores, and everyone's scores."""
+
+    def share(self, indices: list[int]) -> list[int]: ...
+
+    def gather(self, scored: dict[int, SampleScores]) -> dict[int, SampleScores]: ...
 
 
 @dataclass
@@ -102,6 +124,8 @@ class Engine:
         self.baseline: SampleScores = score_logits(self.plan, self.backend.unembed(torch.cat(finals)))
         self._cursor: tuple[int, list[torch.Tensor]] | None = None  # the last boundary recomputed
         self._means: dict[Target, torch.Tensor] = {}
+        self.journal: Journal | None = None
+        self.workers: Workers | None = None
 
     @property
     def num_layers(self) -> int:
@@ -134,6 +158,12 @@ class Engine:
         Pairs {i, j}, i < j, that share their i resume after j from the run with i skipped (with
         ``pair_resume``, where that saves layer passes: see :meth:`_pairs_after`); every other
         configuration resumes from the baseline."""
+        keys = ["skip " + ",".join(f"L{layer}" for layer in sorted(c)) for c in configurations]
+        return self._recorded(keys, lambda mine, scored: self._skip_scan([configurations[i] for i in mine], progress, scored),
+                              progress, on_scored)
+
+    def _skip_scan(self, configurations: Sequence[frozenset[int]], progress: Progress | None,
+                   on_scored: Scored | None) -> list[SampleScores]:
         results: list[SampleScores | None] = [None] * len(configurations)
         by_first: dict[int, list[int]] = {}
         for index, configuration in enumerate(configurations):
@@ -146,8 +176,8 @@ class Engine:
                 if on_scored:
                     on_scored(index, score)
         rest = [index for index, score in enumerate(results) if score is None]
-        scores = self.ablation_scan([frozenset(Target(layer) for layer in configurations[index]) for index in rest],
-                                    "zero", progress, None if on_scored is None else lambda i, sc: on_scored(rest[i], sc))
+        scores = self._scan(self._cache, [frozenset(Target(layer) for layer in configurations[index]) for index in rest],
+                            "zero", progress, None if on_scored is None else lambda i, sc: on_scored(rest[i], sc))
         for index, score in zip(rest, scores):
             results[index] = score
         return results  # type: ignore[return-value]  (every configuration is scored)
@@ -162,9 +192,15 @@ class Engine:
         """
         if ablation not in ABLATIONS:
             raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
-        if ablation == "mean":
-            self._ensure_means(set().union(*configurations))
-        return self._scan(self._cache, configurations, ablation, progress, on_scored)
+        keys = [f"{ablation} " + ",".join(str(target) for target in sorted(c, key=_order)) for c in configurations]
+
+        def scan(mine: list[int], scored: Scored) -> list[SampleScores]:
+            chosen = [configurations[i] for i in mine]
+            if ablation == "mean" and chosen:
+                self._ensure_means(set().union(*chosen))
+            return self._scan(self._cache, chosen, ablation, progress, scored)
+
+        return self._recorded(keys, scan, progress, on_scored)
 
     def repeat_scan(self, blocks: Sequence[tuple[int, int]], progress: Progress | None = None) -> list[SampleScores]:
         """Scores with each block of layers ``first..stop-1`` run twice (layer duplication: execution
@@ -174,6 +210,12 @@ class Engine:
         from the cached stream at boundary ``stop`` (at ``L-1`` when the block ends at the last
         layer: the backend needs at least one layer to run), or the nearest kept one below it.
         """
+        keys = [f"repeat {first}-{stop}" for first, stop in blocks]
+        return self._recorded(keys, lambda mine, scored: self._repeat_scan([blocks[i] for i in mine], progress, scored),
+                              progress, None)
+
+    def _repeat_scan(self, blocks: Sequence[tuple[int, int]], progress: Progress | None,
+                     on_scored: Scored) -> list[SampleScores]:
         results = []
         for first, stop in blocks:
             resume = self._cache.floor(min(stop, self.num_layers - 1))
@@ -184,6 +226,7 @@ class Engine:
                                          start_stream=self._cache.stream(index, resume))[0]
                 parts.append(gather_pairs(final, self.plan, block.rows, block.pairs)[0])
             results.append(score_logits(self.plan, self.backend.unembed(torch.cat(parts))))
+            on_scored(len(results) - 1, results[-1])
             if progress:
                 progress(1)
         return results
@@ -193,6 +236,42 @@ class Engine:
         what it contributes in the baseline run (float32)."""
         self._ensure_means(set(targets))
         return {target: self._means[target] for target in targets}
+
+    def _recorded(self, keys: list[str], compute: Callable[[list[int], Scored], list[SampleScores]],
+                  progress: Progress | None, on_scored: Scored | None) -> list[SampleScores]:
+        """Every configuration's scores, in order: those the journal holds as they were recorded,
+        the rest from ``compute(indices, on_scored)`` (this process's share of them when
+        ``workers`` split the scan; the others' scores are gathered). Each newly scored
+        configuration is recorded in the journal as soon as it is scored."""
+        results: dict[int, SampleScores] = {}
+        for index, key in enumerate(keys):
+            found = self.journal.find(key) if self.journal else None
+            if found is not None:
+                results[index] = found
+                if on_scored:
+                    on_scored(index, found)
+                if progress:
+                    progress(1)
+        todo = [index for index in range(len(keys)) if index not in results]
+        mine = self.workers.share(todo) if self.workers else todo
+
+        def scored(position: int, scores: SampleScores) -> None:
+            if self.journal:
+                self.journal.record(keys[mine[position]], scores)
+            if on_scored:
+                on_scored(mine[position], scores)
+
+        fresh = dict(zip(mine, compute(mine, scored)))
+        if self.workers:
+            for index, scores in self.workers.gather(fresh).items():
+                if index not in fresh:  # scored by another process
+                    fresh[index] = scores
+                    if self.journal:
+                        self.journal.record(keys[index], scores)
+                    if on_scored:
+                        on_scored(index, scores)
+        results.update(fresh)
+        return [results[index] for index in range(len(keys))]
 
     # -- resuming ---------------------------------------------------------------------------------
 
@@ -325,3 +404,7 @@ class Engine:
                 previous = totals.get(target)
                 totals[target] = (total, count) if previous is None else (previous[0] + total, previous[1] + count)
         self._means.update({target: (total / count).float() for target, (total, count) in totals.items()})
+
+
+def _order(target: Target) -> tuple[int, str, int]:
+    return target.layer, target.part, target.head
