@@ -294,13 +294,15 @@ class ProxyAudit:
     warnings: list[str]
 
 
-def proxy_audit(engine: Engine, ablation_result, block_influence: list[float]) -> ProxyAudit:
+def proxy_audit(engine: Engine, ablation_result, block_influence: list[float] | None) -> ProxyAudit:
     """The whole-layer AtP estimate (one differentiable forward and backward) and the Spearman
-    correlation of each proxy -- block influence, AtP -- with the exact damage of ``ablation_result``."""
+    correlation of each proxy -- block influence (None: not measured), AtP -- with the exact damage
+    of ``ablation_result``."""
     layers = [Target(layer) for layer in range(engine.num_layers)]
     found = estimate(engine, "zero", layers, graddrop=False, qk_fix=False)
     exact = [layer.damage.mean for layer in ablation_result.layers]
-    audit = ProxyAudit([float(v) for v in found.atp], spearman(found.atp, exact), spearman(block_influence, exact), [])
+    audit = ProxyAudit([float(v) for v in found.atp], spearman(found.atp, exact),
+                       None if block_influence is None else spearman(block_influence, exact), [])
     for name, value in (("AtP", audit.spearman_atp), ("block influence", audit.spearman_block_influence)):
         if value is not None and value < LOW_CORRELATION:
             audit.warnings.append(f"{name} ranks the layers unlike their exact damage (Spearman {value:.2f} < "

@@ -9,7 +9,7 @@ import html
 import plotly.graph_objects as go
 
 from neuro_scan.report.charts import LABEL_COLOURS, NO_PLOTLY, NO_PLOTLY_CHECK, PLOTLY_JS, SIGNIFICANCE, shorten
-from neuro_scan.report.document import interval_text, number, p_text
+from neuro_scan.report.document import correlation_text, interval_text, number, p_text
 
 TITLES = {"ablation.html": "Ablation damage", "accuracy.html": "Accuracy without each layer",
           "logit_lens.html": "Logit lens", "lens_comparison.html": "Logit lens and tuned lens",
@@ -129,6 +129,19 @@ def _sample_table(report: dict) -> str:
     return "<h2>Samples (baseline)</h2>" + "\n".join(lines)
 
 
+def _proxies(report: dict) -> list[str]:
+    """The proxy audit's card: how block influence and whole-layer AtP rank the layers against the
+    exact damage (or why there are no figures)."""
+    audit = report.get("proxy_audit")
+    if not audit:
+        return []
+    if audit["status"] != "done":
+        return [_number("proxies vs exact damage", audit["status"], audit.get("error", ""))]
+    return [_number("proxies vs exact damage", f"BI {correlation_text(audit['spearman_block_influence'])} · "
+                    f"AtP {correlation_text(audit['spearman_atp'])}",
+                    f"Spearman over layers; below {audit['low_correlation']} a proxy misleads")]
+
+
 def _failures(failed: dict[str, str]) -> str:
     return "".join(f"<div class='failed'><b>The {html.escape(phase)} phase failed</b>: {html.escape(error.rstrip('.'))}. "
                    "Its charts and keys are left out; everything else in this report is complete.</div>"
@@ -154,6 +167,7 @@ def dashboard_page(report: dict, figures: dict[str, go.Figure], failed: dict[str
         _number("significant layers", f"{len(significant)} of {report['total_layers']}", SIGNIFICANCE),
         _number("answer emerges (lens)", emerges),
         _number("scan time", f"{report['scan_time_seconds']:.1f} s"),
+        *_proxies(report),
     ]
     charts = "\n".join(
         f"<h2>{html.escape(TITLES.get(name, name))}</h2><div class='chart'>"

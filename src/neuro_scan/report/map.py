@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import plotly.graph_objects as go
 
 from neuro_scan.report import ReportFiles, ablation, attention, lens
-from neuro_scan.report.charts import LABEL_COLOURS, integer_axis, title
-from neuro_scan.report.document import failed_phases, finished, header, phases_section, running
+from neuro_scan.report.charts import LABEL_COLOURS, integer_axis, note, title
+from neuro_scan.report.document import correlation_text, failed_phases, finished, header, phases_section, running
 from neuro_scan.report.read import FORMATS
 
 if TYPE_CHECKING:  # annotations only: the runner imports report modules before torch
@@ -40,11 +40,18 @@ def influence_figure(report: dict) -> go.Figure:
     chart.add_scatter(x=layers, y=[r["score_delta"] for r in report["ablation_results"]], name="damage (exact)",
                       yaxis="y2", mode="lines+markers", line={"color": "#222", "width": 2},
                       hovertemplate="layer %{x}: damage %{y:.4g} nats<extra></extra>")
+    audit = report.get("proxy_audit") or {}
+    if audit.get("atp_estimate"):
+        chart.add_scatter(x=layers, y=audit["atp_estimate"], name="damage (AtP estimate)", yaxis="y2",
+                          mode="lines+markers", line={"color": "#e45756", "width": 2, "dash": "dot"},
+                          hovertemplate="layer %{x}: AtP estimate %{y:.4g} nats<extra></extra>")
+        note(chart, "Spearman with the exact damage: block influence "
+                    f"{correlation_text(audit['spearman_block_influence'])}, AtP {correlation_text(audit['spearman_atp'])}")
     chart.update_layout(title=title(report, "Block influence per layer, beside the damage"),
                         template="plotly_white", xaxis={"title": "layer", **integer_axis(len(layers))},
                         yaxis={"title": "block influence = 1 − cos(layer input, output)"},
                         yaxis2={"title": "damage (nats)", "overlaying": "y", "side": "right", "showgrid": False},
-                        legend={"orientation": "h", "y": -0.2})
+                        legend={"orientation": "h", "y": -0.2}, margin={"t": 90})
     return chart
 
 
@@ -85,7 +92,27 @@ def document(result: MapResult, run: RunInfo) -> dict:
     report.update(attention.section(result.attention))
     report["block_influence"] = result.block_influence if result.block_influence is not None else []
     report["block_influence_definition"] = "1 - cos(layer input, layer output), mean over every non-pad probe token"
+    report["proxy_audit"] = _proxy_audit(result)
     return report
+
+
+def _proxy_audit(result: MapResult) -> dict:
+    """How the proxies rank the layers against the exact damage; empty until the audit has run."""
+    from neuro_scan.analysis.attribution import LOW_CORRELATION
+
+    audit, phase = result.proxy_audit, result.proxy_audit_phase
+    return {
+        "status": phase.status, **({"error": phase.error} if phase.error else {}),
+        "definition": "Spearman rank correlation over the layers of each proxy with the exact damage (score_delta); "
+                      f"below {LOW_CORRELATION} a warning says the proxy does not stand in for the ablation",
+        "atp_definition": "whole-layer AtP: first-order estimate of each layer's damage with its residual update zeroed, "
+                          "-grad . (0 - update) summed over real tokens, mean over samples (nats), from one "
+                          "differentiable forward and backward",
+        "low_correlation": LOW_CORRELATION,
+        "atp_estimate": audit.atp if audit else [],
+        "spearman_atp": audit.spearman_atp if audit else None,
+        "spearman_block_influence": audit.spearman_block_influence if audit else None,
+    }
 
 
 def _labels(labels: list[LayerLabel] | None, num_layers: int) -> dict:
@@ -98,4 +125,12 @@ def _labels(labels: list[LayerLabel] | None, num_layers: int) -> dict:
     }
 
 
-summary = ablation.summary  # the run, the baseline and the most damaging layers with their labels
+def summary(report: dict) -> list:
+    """The run, the baseline and the most damaging layers with their labels; then how the proxies
+    rank the layers against the exact damage."""
+    lines = ablation.summary(report)
+    audit = report.get("proxy_audit") or {}
+    if audit.get("status") == "done":
+        lines.append(f"proxies vs exact damage, Spearman over layers: block influence "
+                     f"{correlation_text(audit['spearman_block_influence'])}, AtP {correlation_text(audit['spearman_atp'])}")
+    return lines

@@ -12,7 +12,8 @@ Checked for every document: ``model`` and ``total_layers`` (but a comparison, wh
 models), and ``probe`` in ours of one probe. For the documents with an ablation profile
 (``map``, ``ablate``, the reference's):
 
-* ours strictly: one ablation row per layer, one label per layer (``map``), ``top_important_layers``;
+* ours strictly: one ablation row per layer (none in a map's report written while its ablation is
+  still pending), one label per layer (``map``), ``top_important_layers``;
 * the reference's only on what its consumers read (``compare``, ``layer-scan annotate``): some
   layers may lack a row or a label, ``probe``, ``layer_labels`` and ``top_important_layers`` may
   be missing, numbers may be NaN.
@@ -215,7 +216,7 @@ def _read(data: object, source: str) -> Report:
     model = None if kind == "comparison" else _model(fields)
     probe = _text(fields, "probe", required=ours and not several)
     has_profile = kind in PROFILE_KINDS or not ours
-    rows = _ablation_rows(fields) if has_profile else []
+    rows = _ablation_rows(fields, pending=ours and _pending(fields, "ablation")) if has_profile else []
     total = None if kind == "comparison" else _total_layers(fields)
     by_layer = _rows_by_layer(rows, total, strict=ours)
     labels: dict[int, str] = {}
@@ -284,12 +285,21 @@ def _total_layers(data: dict) -> int:
     return total
 
 
-def _ablation_rows(data: dict) -> list[dict]:
-    """The rows' shape; their layers are checked once ``total_layers`` is known."""
+def _pending(data: dict, phase: str) -> bool:
+    """Does the document say ``phase`` is still to run? (A map's report written while it runs.)"""
+    phases = data.get("phases")
+    return isinstance(phases, dict) and isinstance(phases.get(phase), dict) and phases[phase].get("status") == "pending"
+
+
+def _ablation_rows(data: dict, pending: bool = False) -> list[dict]:
+    """The rows' shape; their layers are checked once ``total_layers`` is known. ``pending``: the
+    ablation is still to run, so the list may be empty."""
     rows = data.get("ablation_results")
     wanted = "'ablation_results' must be a non-empty list of per-layer objects"
     if "ablation_results" not in data:
         raise _Invalid(f"no 'ablation_results' list: {wanted}")
+    if pending and rows == []:
+        return rows
     if not isinstance(rows, list) or not rows:
         raise _Invalid(f"{wanted}, it is {'empty' if rows == [] else f'a {_kind(rows)}'}")
     for i, row in enumerate(rows):
