@@ -414,3 +414,27 @@ def test_version_prints_installed_version(tmp_path):
     rc, stdout, stderr = run_subprocess(["version"], tmp_path)
     assert rc == 0, stderr
     assert stdout.strip() == f"neuro-scan {expected}"
+
+
+# ------------------------------------------------------------- placement, cache and resume options (issue 15)
+
+SCALE_ERRORS = {
+    "device_map_unknown": (["--device-map", "everywhere"], ["--device-map", "'everywhere'", "auto", "sequential"]),
+    "device_map_with_device": (["--device-map", "auto", "--device", "cpu"], ["--device-map", "leave --device at auto"]),
+    "max_memory_without_map": (["--max-memory", "cpu=1GB"], ["--max-memory", "only used with --device-map"]),
+    "max_memory_bad_size": (["--device-map", "auto", "--max-memory", "cpu=lots"], ["--max-memory cpu", "'lots'"]),
+    "max_memory_bad_device": (["--device-map", "auto", "--max-memory", "gpu=1GB"], ["--max-memory", "'gpu'"]),
+    "offload_without_map": (["--offload-folder", "off"], ["--offload-folder", "only used with --device-map"]),
+    "cache_memory_bad": (["--cache-memory", "8PB"], ["--cache-memory", "'8PB'", "is not a size"]),
+    "cache_memory_negative": (["--cache-memory", "-1GB"], ["--cache-memory", "'-1GB'"]),
+    "resume_nothing": (["--resume"], ["--resume", ".neuro-scan-journal.jsonl", "no interrupted scan"]),
+}
+
+
+@pytest.mark.parametrize("command", [*COMMANDS, "circuit", "prompt-repeat", "cross-probe", "attribute"])
+@pytest.mark.parametrize("case", sorted(SCALE_ERRORS))
+def test_bad_scale_options_fail_before_the_model_loads(command, case, tmp_path, no_model_loading):
+    extra, fragments = SCALE_ERRORS[case]
+    out = tmp_path / "out"
+    rc, stdout, stderr = run_inprocess([command, "--model", HUB_ID, "-o", str(out), *extra])
+    assert_usage_error(rc, stdout, stderr, fragments, out, forbidden=[HUB_ID])

@@ -20,6 +20,19 @@ Dtype = Annotated[str, typer.Option("--dtype", help="auto (float32 on CPU, bfloa
 Device = Annotated[str, typer.Option("--device", help="auto (best available), cpu, cuda, mps.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for torch and the bootstrap intervals.")]
 MaxSamples = Annotated[Optional[int], typer.Option("--max-samples", help="Use only the first N samples of the probe.")]
+DeviceMap = Annotated[Optional[str], typer.Option("--device-map", help="Place a model larger than one device over the "
+                                                "GPUs, the CPU and disk (accelerate): auto, balanced, balanced_low_0 "
+                                                "or sequential; --device stays auto (docs/scale.md).")]
+MaxMemory = Annotated[Optional[str], typer.Option("--max-memory", help="With --device-map: the most each device takes, "
+                                                 "as DEVICE=SIZE pairs, e.g. 0=20GiB,1=20GiB,cpu=64GB.")]
+OffloadFolder = Annotated[Optional[str], typer.Option("--offload-folder", help="With --device-map: where weights offloaded "
+                                                     "to disk are saved when they must be (default: a temporary folder).")]
+CacheMemory = Annotated[Optional[str], typer.Option("--cache-memory", help="The most memory the cached residual streams "
+                                                   "take, e.g. 8GB: every K-th layer boundary is kept, the rest "
+                                                   "recomputed; the same scores (default: no limit, K = 1).")]
+Resume = Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue the interrupted scan journalled in "
+                                               "--output (the default when its inputs match), or (--no-resume) discard "
+                                               "its journal and start afresh.", show_default=False)]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show library logs and full tracebacks.")]
 TunedLens = Annotated[Optional[str], typer.Option("--tuned-lens", help="Tuned-lens file from `neuro-scan calibrate`.")]
 Strategy = Annotated[str, typer.Option("--strategy", help="Pairs to test: fast (top-K layers + neighbours), thorough "

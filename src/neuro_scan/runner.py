@@ -80,4 +80,5 @@ def _run(spec: CommandSpec, options, sink: events.EventSink) -> Outcome:
     result = analysis.execute(session, options)
     files = writer.files(result, session.run_info())
     written = report.write(session.output, files)
+    session.finish()  # the scans' journal goes once the report is written
     return Outcome(spec.name, result, files.documents[files.main], written, dict(files.failed_phases))

@@ -22,13 +22,15 @@ from typing import TYPE_CHECKING, TypeVar
 
 from neuro_scan import events
 from neuro_scan.errors import UsageError
-from neuro_scan.options import (Backend, BatchSize, CustomProbe, Device, Dtype, MaxSamples, Model, Output, ProbeName,
-                                Seed, TopK, TunedLens)
+from neuro_scan.journal import check_journal
+from neuro_scan.options import (Backend, BatchSize, CacheMemory, CustomProbe, Device, DeviceMap, Dtype, MaxMemory,
+                                MaxSamples, Model, OffloadFolder, Output, ProbeName, Resume, Seed, TopK, TunedLens)
 from neuro_scan.probes import Probe, resolve_probe
 
 if TYPE_CHECKING:
     from neuro_scan.backend.base import Backend as ModelBackend, ModelInfo
     from neuro_scan.engine import Engine
+    from neuro_scan.journal import ScanJournal
 
 SEED_MAX = 2**32 - 1
 T = TypeVar("T")  # what a phase computes
@@ -45,6 +47,7 @@ class RunInfo:
     top_k: int
     timings: dict[str, float] = field(default_factory=dict)
     lens_file: str | None = None
+    scale: dict = field(default_factory=dict)  # device map, cache budget, each probe's cache spacing K (docs/scale.md)
 
 
 @dataclass
@@ -77,11 +80,39 @@ class ScanOptions:
     device: Device = "auto"
     seed: Seed = 0
     max_samples: MaxSamples = None
+    device_map: DeviceMap = None
+    max_memory: MaxMemory = None
+    offload_folder: OffloadFolder = None
+    cache_memory: CacheMemory = None
+    resume: Resume = None
 
     def check(self) -> None:
         """The checks of a command's own options (subclasses extend it); no files, no model."""
         check_positive(("--batch-size", self.batch_size), ("--top-k", self.top_k),
                        ("--max-samples", 1 if self.max_samples is None else self.max_samples))
+        self.placement()
+        self.cache_bytes()
+
+    def placement(self) -> dict:
+        """``--device-map/--max-memory/--offload-folder`` -> the loader's keywords (those given)."""
+        from neuro_scan.backend.loading import check_device_map
+        from neuro_scan.units import parse_max_memory
+
+        check_device_map(self.device_map, self.device)
+        for option, value in (("--max-memory", self.max_memory), ("--offload-folder", self.offload_folder)):
+            if value is not None and self.device_map is None:
+                raise UsageError(f"{option}: only used with --device-map (auto, balanced, balanced_low_0, sequential)")
+        if self.offload_folder is not None and Path(self.offload_folder).exists() and not Path(self.offload_folder).is_dir():
+            raise UsageError(f"--offload-folder: {self.offload_folder} is a file; give a folder")
+        placement = {"device_map": self.device_map, "offload_folder": self.offload_folder,
+                     "max_memory": None if self.max_memory is None else parse_max_memory(self.max_memory)}
+        return {key: value for key, value in placement.items() if value is not None}
+
+    def cache_bytes(self) -> int | None:
+        """``--cache-memory`` in bytes (None: no limit)."""
+        from neuro_scan.units import parse_size
+
+        return None if self.cache_memory is None else parse_size(self.cache_memory, "--cache-memory")
 
     def resolve_probes(self) -> list[Probe]:
         """The probe(s) the command runs, resolved and limited to ``--max-samples``."""
@@ -164,6 +195,7 @@ def validate(options: ScanOptions) -> Validated:
 
         read_lens_record(tuned_lens)
     output = prepare_output_dir(options.output)
+    check_journal(output, probes, options.resume)
     resolve_source(options.model)
     return Validated(probes, output)
 
@@ -175,7 +207,8 @@ class Session:
     so a command can check the loaded model against its inputs before any forward."""
 
     def __init__(self, options: ScanOptions, validated: Validated, backend: ModelBackend,
-                 sink: events.EventSink = events.ignore, timings: dict[str, float] | None = None):
+                 sink: events.EventSink = events.ignore, timings: dict[str, float] | None = None,
+                 journal: ScanJournal | None = None):
         self.options = options
         self.probes = validated.probes
         self.probe = validated.probe
@@ -184,6 +217,8 @@ class Session:
         self.sink = sink
         self.timings: dict[str, float] = timings if timings is not None else {}
         self._engine: Engine | None = None
+        self.journal = journal  # scores of the configurations already run (neuro_scan.journal)
+        self.keep_every: dict[str, int] = {}  # each probe's cache spacing K, as its engine chose it
 
     @property
     def engine(self) -> Engine:
@@ -192,12 +227,21 @@ class Session:
         return self._engine
 
     def engine_for(self, probe: Probe, timing: str | None = None) -> Engine:
-        """A baseline run of ``probe`` on this session's model."""
-        from neuro_scan.engine import Engine
-
+        """A baseline run of ``probe`` on this session's model, as a phase."""
         with self.phase("baseline", f"baseline run of {probe.name} ({len(probe.samples)} samples)", 1,
                         timing=timing) as advance:
-            return Engine(self.backend, probe, batch_size=self.options.batch_size, progress=advance)
+            return self.new_engine(probe, advance)
+
+    def new_engine(self, probe: Probe, progress: Callable[[float], None] | None = None) -> Engine:
+        """An engine (the baseline run of ``probe``) with the session's cache budget, its scans
+        journalled (and continued from the journal) when the session has one."""
+        from neuro_scan.engine import Engine
+
+        engine = Engine(self.backend, probe, batch_size=self.options.batch_size,
+                        cache_memory=self.options.cache_bytes(), progress=progress)
+        self.keep_every[probe.name] = engine.keep_every
+        engine.journal = self.journal.for_probe(probe) if self.journal is not None else None
+        return engine
 
     @contextlib.contextmanager
     def phase(self, name: str, description: str, total: float, timing: str | None = None) -> Iterator[Callable[..., None]]:
@@ -234,7 +278,21 @@ class Session:
     def run_info(self, probe: Probe | None = None) -> RunInfo:
         return RunInfo(model=self.backend.info, probe=probe or self.probe, seed=self.options.seed,
                        batch_size=self.options.batch_size, top_k=self.options.top_k, timings=self.timings,
-                       lens_file=getattr(self.options, "tuned_lens", None))
+                       lens_file=getattr(self.options, "tuned_lens", None), scale=self.scale())
+
+    def scale(self) -> dict:
+        """How the model was placed and the cache bounded: the options given and what they chose."""
+        options = self.options
+        devices = [str(self.backend.layer_device(layer)) for layer in range(self.backend.num_layers)]
+        return {"device_map": options.device_map, "max_memory": options.max_memory,
+                "layer_devices": {device: devices.count(device) for device in dict.fromkeys(devices)},
+                "cache_memory": options.cache_memory, "cache_memory_bytes": options.cache_bytes(),
+                "cache_keep_every": dict(self.keep_every)}
+
+    def finish(self) -> None:
+        """The report is written: the journal of the scans is no longer needed."""
+        if self.journal is not None:
+            self.journal.remove()
 
     def tuned_lens(self):
         """The ``--tuned-lens`` fitted to this model -> (lens, its record), or (None, None)."""
@@ -247,8 +305,9 @@ class Session:
 
 
 def load_backend(model: str, backend: str, dtype: str, device: str, seed: int,
-                 sink: events.EventSink = events.ignore) -> tuple[ModelBackend, dict[str, float]]:
-    """Seed torch and load a model whose options are validated -> (backend, timings)."""
+                 sink: events.EventSink = events.ignore, placement: dict | None = None) -> tuple[ModelBackend, dict[str, float]]:
+    """Seed torch and load a model whose options are validated -> (backend, timings); ``placement``:
+    the device map's keywords (:meth:`ScanOptions.placement`)."""
     import torch
 
     from neuro_scan.backend import open_backend
@@ -257,11 +316,21 @@ def load_backend(model: str, backend: str, dtype: str, device: str, seed: int,
     started = time.perf_counter()
     shown = Path(model).name if Path(model).exists() else model  # a file's name: the bar stays readable
     with events.phase(sink, "load", f"loading {shown}", 1) as advance:
-        loaded = open_backend(model, backend=backend, dtype=dtype, device=device)
+        loaded = open_backend(model, backend=backend, dtype=dtype, device=device, **(placement or {}))
         advance(1)
     return loaded, {"load_seconds": time.perf_counter() - started}
 
 
-def open_session(options: ScanOptions, validated: Validated, sink: events.EventSink = events.ignore) -> Session:
-    backend, timings = load_backend(options.model, options.backend, options.dtype, options.device, options.seed, sink)
-    return Session(options, validated, backend, sink, timings)
+def open_session(options: ScanOptions, validated: Validated, sink: events.EventSink = events.ignore, *,
+                 record: bool = True) -> Session:
+    """Load the model and open the scans' journal in the output folder (``record=False``: read it
+    only, as a process that does not write the report)."""
+    from neuro_scan.journal import open_journal
+
+    backend, timings = load_backend(options.model, options.backend, options.dtype, options.device, options.seed, sink,
+                                    options.placement())
+    session = Session(options, validated, backend, sink, timings)
+    if validated.output is not None:
+        session.journal = open_journal(validated.output, validated.probes, backend, options.resume, session.notice,
+                                       record=record)
+    return session

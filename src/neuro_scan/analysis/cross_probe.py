@@ -17,7 +17,7 @@ no further correction: a layer is universal only if each probe's test says so.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,13 +53,15 @@ class CrossProbeResult(Framed):
 
 
 def run_cross_probe(backend: Backend, probes: Sequence[Probe], batch_size: int, seed: int,
-                    progress: Progress | None = None) -> CrossProbeResult:
-    """``progress`` advances by L units per probe."""
+                    progress: Progress | None = None,
+                    new_engine: Callable[[Probe], Engine] | None = None) -> CrossProbeResult:
+    """``progress`` advances by L units per probe; ``new_engine(probe)`` makes each probe's engine
+    (a session's: its cache budget and journal; default: a plain Engine)."""
     started = time.perf_counter()
     per_probe = []
     for probe in probes:
         baseline_started = time.perf_counter()
-        engine = Engine(backend, probe, batch_size=batch_size)
+        engine = new_engine(probe) if new_engine else Engine(backend, probe, batch_size=batch_size)
         baseline_seconds = time.perf_counter() - baseline_started
         ablation = run_ablation(engine, seed=seed, progress=progress)
         per_probe.append(ProbeAblation(probe, ablation, baseline_seconds))
@@ -94,7 +96,8 @@ def execute(session, options) -> CrossProbeResult:
     layers = session.backend.num_layers
     with session.phase("cross-probe", f"ablating {layers} layers under {len(session.probes)} probes",
                        layers * len(session.probes), timing="cross_probe_seconds") as advance:
-        result = run_cross_probe(session.backend, session.probes, options.batch_size, options.seed, advance)
+        result = run_cross_probe(session.backend, session.probes, options.batch_size, options.seed, advance,
+                                 session.new_engine)
     for entry in result.per_probe:
         entry.ablation.warnings = scan_warnings(entry.ablation, entry.probe.name)
     result.warnings = announce(session, [warning for entry in result.per_probe for warning in entry.ablation.warnings])

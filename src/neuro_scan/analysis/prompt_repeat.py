@@ -124,7 +124,8 @@ def run_prompt_repeat(engine: Engine, counts: Sequence[int], block_sizes: Sequen
     repeated: list[SampleScores] = []
     for count in counts:
         repeated.append(baseline if count == 1 else
-                        Engine(engine.backend, repeated_probe(engine.probe, count), engine.batch_size).baseline)
+                        Engine(engine.backend, repeated_probe(engine.probe, count), engine.batch_size,
+                               cache_memory=engine.cache_memory).baseline)
         if progress:
             progress(1)
     blocks = duplication_blocks(engine.num_layers, block_sizes)

@@ -42,6 +42,7 @@ def header(run: RunInfo, command: str, format: str) -> dict:
         "seed": run.seed,
         "batch_size": run.batch_size,
         "timings": {k: round(v, 3) for k, v in run.timings.items()},
+        "scale": run.scale,  # device map, cache budget and the spacing K it chose (docs/scale.md)
     }
 
 

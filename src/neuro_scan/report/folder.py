@@ -25,7 +25,9 @@ seed). A commit removes the files the same command wrote before and does not wri
 earlier set is replaced as a whole) and the outputs of a run that differs, so pages of different
 runs never sit side by side; outputs of the same run from other commands stay (``circuit``
 reuses ``map``'s report.json). Files tied to no single run (plotly.min.js, comparisons) stay too,
-and files the manifest does not name (the user's own) are never touched.
+and files the manifest does not name (the user's own) are never touched. Among them is a scan's
+journal (:mod:`neuro_scan.journal`), written line by line during a run and removed by the run once
+its report is written: no commit removes it, so an interrupted scan can continue.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from neuro_scan.errors import UsageError
+from neuro_scan.journal import JOURNAL_FILE
 from neuro_scan.report.files import create_file, fsync_folder, json_bytes, remove_quietly
 from neuro_scan.report.lock import release_lock, take_lock
 
@@ -101,10 +104,15 @@ class HeldFolder:
 
     def interruption_note(self) -> str:
         if self.written:
-            return f"{self.path} holds what it had finished"
-        if self.had_results:
-            return f"the earlier results in {self.path} are unchanged"
-        return f"nothing was written to {self.path}"
+            note = f"{self.path} holds what it had finished"
+        elif self.had_results:
+            note = f"the earlier results in {self.path} are unchanged"
+        else:
+            note = f"nothing was written to {self.path}"
+        if os.path.lexists(self.path / JOURNAL_FILE):
+            note += (f"; the configurations it scored are journalled in {self.path / JOURNAL_FILE}: run the same "
+                     "command again (or with --resume) to continue")
+        return note
 
 
 @dataclass
