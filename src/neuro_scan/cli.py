@@ -151,7 +151,8 @@ def run_and_print(spec: CommandSpec, options) -> None:
         out.print(part, highlight=False) if isinstance(part, str) else out.print(part)
     for note in outcome.notes:
         out.print(escape(note), highlight=False, soft_wrap=True)
-    out.print(_written(outcome.written), highlight=False, soft_wrap=True)
+    if outcome.written:
+        out.print(_written(outcome.written), highlight=False, soft_wrap=True)
     look = _where_to_look(outcome.written)
     if look is not None:
         out.print(look, highlight=False, soft_wrap=True)

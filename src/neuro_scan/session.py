@@ -234,13 +234,16 @@ class Session:
 
     def new_engine(self, probe: Probe, progress: Callable[[float], None] | None = None) -> Engine:
         """An engine (the baseline run of ``probe``) with the session's cache budget, its scans
-        journalled (and continued from the journal) when the session has one."""
+        journalled (and continued from the journal) when the session has one, and shared between
+        processes when launched as several."""
+        from neuro_scan.distributed import workers
         from neuro_scan.engine import Engine
 
         engine = Engine(self.backend, probe, batch_size=self.options.batch_size,
                         cache_memory=self.options.cache_bytes(), progress=progress)
         self.keep_every[probe.name] = engine.keep_every
         engine.journal = self.journal.for_probe(probe) if self.journal is not None else None
+        engine.workers = workers()  # None unless launched as several processes (torchrun, accelerate launch)
         return engine
 
     @contextlib.contextmanager
