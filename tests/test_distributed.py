@@ -108,3 +108,25 @@ def test_two_processes_under_torchrun_write_the_single_process_report(command, d
     found = json.loads((tmp_path / "shared" / document).read_text())
     assert without_times(found) == without_times(expected)
     assert sorted(os.listdir(tmp_path / "shared")) == sorted(os.listdir(tmp_path / "alone"))
+
+
+@pytest.mark.slow
+def test_two_processes_continue_a_killed_single_process_scan_to_the_uninterrupted_report(tmp_path):
+    """Every process reads the journal before any adds to it, so all deal out the same remaining
+    configurations; process 0 journals everyone's scores and removes the journal at the end."""
+    import signal
+
+    from neuro_scan.journal import JOURNAL_FILE
+    from test_journal import RUNS, stopped
+
+    args, name, _ = RUNS["circuit"]
+    whole = neuro_scan([*args, "-o", str(tmp_path / "whole")], tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    code, stderr = stopped(args, tmp_path / "shared", tmp_path, 4, signal.SIGKILL)
+    assert code == -signal.SIGKILL, stderr
+    shared = neuro_scan([*args, "-o", str(tmp_path / "shared")], tmp_path, processes=2)
+    assert shared.returncode == 0, shared.stderr
+    assert "continuing the interrupted scan journalled in" in shared.stdout + shared.stderr
+    expected = json.loads((tmp_path / "whole" / name).read_text())
+    assert without_times(json.loads((tmp_path / "shared" / name).read_text())) == without_times(expected)
+    assert not (tmp_path / "shared" / JOURNAL_FILE).exists()

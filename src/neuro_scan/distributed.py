@@ -109,3 +109,12 @@ def workers() -> ProcessGroup | None:
     if _joined is None:
         _joined = ProcessGroup(here)
     return _joined
+
+
+def synchronize() -> None:
+    """Wait until every launched process has come here (nothing when running alone)."""
+    group = workers()
+    if group is not None:
+        import torch.distributed as dist
+
+        dist.barrier()

@@ -112,6 +112,6 @@ def _run_share(spec: CommandSpec, options, process: str) -> Outcome:
     from neuro_scan.session import Validated, open_session
 
     options.check()
-    session = open_session(options, Validated(options.resolve_probes(), Path(options.output)))
+    session = open_session(options, Validated(options.resolve_probes(), Path(options.output)), record=False)
     result = _module(spec.analysis).execute(session, options)
     return Outcome(spec.name, result, None, [], notes=[f"{process}: scored its share; process 0 wrote the report"])

@@ -328,6 +328,7 @@ def open_session(options: ScanOptions, validated: Validated, sink: events.EventS
                  record: bool = True) -> Session:
     """Load the model and open the scans' journal in the output folder (``record=False``: read it
     only, as a process that does not write the report)."""
+    from neuro_scan.distributed import synchronize
     from neuro_scan.journal import open_journal
 
     backend, timings = load_backend(options.model, options.backend, options.dtype, options.device, options.seed, sink,
@@ -336,4 +337,5 @@ def open_session(options: ScanOptions, validated: Validated, sink: events.EventS
     if validated.output is not None:
         session.journal = open_journal(validated.output, validated.probes, backend, options.resume, session.notice,
                                        record=record)
+    synchronize()  # launched as several processes: each has read the journal before any scan adds to it
     return session
