@@ -67,11 +67,19 @@ def environment(tmp_path: Path) -> dict[str, str]:
             "OMP_NUM_THREADS": "1"}
 
 
-def neuro_scan(args: list[str], tmp_path: Path, processes: int = 1) -> subprocess.CompletedProcess:
+def neuro_scan(args: list[str], tmp_path: Path, processes: int = 1, launcher: str = "torchrun") -> subprocess.CompletedProcess:
+    """``neuro-scan args`` alone, or as ``processes`` processes started by torchrun or accelerate launch."""
     exe = shutil.which("neuro-scan")
     assert exe, "the neuro-scan console script is installed"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
-                "--master-addr", "127.0.0.1", "--master-port", str(free_port())] if processes > 1 else []
+    launchers = {
+        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
+                     "--master-addr", "127.0.0.1", "--master-port", str(free_port())],
+        # accelerate's multi-GPU launch starts torchrun's processes; on a CPU-only machine they use gloo
+        "accelerate": [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", str(processes),
+                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                       "--main_process_port", str(free_port())],
+    }
+    launcher = launchers[launcher] if processes > 1 else []
     return subprocess.run([*launcher, exe, *args], capture_output=True, text=True, cwd=tmp_path,
                           env=environment(tmp_path), timeout=600)
 
@@ -87,17 +95,19 @@ def without_times(value):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("command", "document"), [
-    (["ablate", "--model", "demo", "--probe", "facts"], "ablation.json"),
-    (["circuit", "--model", "demo", "--probe", "arith", "--strategy", "exhaustive"], "circuit.json"),
-    (["prompt-repeat", "--model", "demo", "--probe", "facts"], "prompt_repeat.json"),
-    (["ablate", "--model", "{tiny}", "--probe", "facts", "--granularity", "head"], "components.json"),
+@pytest.mark.parametrize(("launcher", "command", "document"), [
+    ("torchrun", ["ablate", "--model", "demo", "--probe", "facts"], "ablation.json"),
+    ("torchrun", ["circuit", "--model", "demo", "--probe", "arith", "--strategy", "exhaustive"], "circuit.json"),
+    ("torchrun", ["prompt-repeat", "--model", "demo", "--probe", "facts"], "prompt_repeat.json"),
+    ("torchrun", ["ablate", "--model", "{tiny}", "--probe", "facts", "--granularity", "head"], "components.json"),
+    ("accelerate", ["ablate", "--model", "demo", "--probe", "arith"], "ablation.json"),
 ])
-def test_two_processes_under_torchrun_write_the_single_process_report(command, document, tmp_path, tiny_model_folder):
+def test_two_launched_processes_write_the_single_process_report(launcher, command, document, tmp_path,
+                                                                 tiny_model_folder):
     command = [str(tiny_model_folder) if part == "{tiny}" else part for part in command]
     alone = neuro_scan([*command, "-o", str(tmp_path / "alone")], tmp_path)
     assert alone.returncode == 0, alone.stderr
-    shared = neuro_scan([*command, "-o", str(tmp_path / "shared")], tmp_path, processes=2)
+    shared = neuro_scan([*command, "-o", str(tmp_path / "shared")], tmp_path, processes=2, launcher=launcher)
     assert shared.returncode == 0, shared.stderr
     assert "process 1 of 2: scored its share; process 0 wrote the report" in shared.stdout
     def written(output: str) -> list[str]:
