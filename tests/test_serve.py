@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip ins
 
 from serve_process import Server, pause, resume, wait_for_sigint
 
+from neuro_scan.backend.loading import resolve_device
 from neuro_scan.report.read import read_report
 from neuro_scan.serve.settings import make_settings
 
@@ -121,6 +123,48 @@ def test_model_jobs_queue_one_at_a_time(server):
     first_events, second_events = server.finish(first["id"]), server.finish(second["id"])
     assert first_events[-1]["state"] == second_events[-1]["state"] == "finished"
     assert second_events[0]["time"] >= first_events[-1]["time"]  # started after the first ended
+
+
+def until(condition, what: str, seconds: float = 300) -> None:
+    """Wait for ``condition()``; the deadline only turns a hang into a failure."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {seconds} s for {what}")
+        time.sleep(0.1)
+
+
+def test_model_jobs_queue_per_device(server, tmp_path):
+    """A job on the same device as a running one waits; a job on another device starts at once.
+    ``auto`` is the device the runner picks here (cpu on a CPU-only machine): the other device is
+    cuda there, whose job starts while the first runs, then fails at load as the CLI does."""
+    auto = str(resolve_device("auto"))
+    other = "cuda" if auto == "cpu" else "cpu"
+    first = server.start("ablate", **DEMO)
+    assert first["device"] == auto
+    until(lambda: server.job(first["id"])["state"] == "running", "the first job to start")
+    worker = server.job(first["id"])["pid"]
+    pause(worker)  # running, and stays so until resumed: no race with its end
+    try:
+        same = server.start("ablate", **DEMO, device=auto)
+        elsewhere = server.start("ablate", **DEMO, device=other)
+        assert (same["device"], elsewhere["device"]) == (auto, other)
+        until(lambda: server.job(elsewhere["id"])["state"] != "queued", f"the job on {other} to start")
+        assert server.job(first["id"])["state"] == "running"
+        assert server.job(same["id"])["state"] == "queued"
+    finally:
+        resume(worker)
+    first_events, same_events = server.finish(first["id"]), server.finish(same["id"])
+    elsewhere_events = server.finish(elsewhere["id"])
+    assert first_events[-1]["state"] == same_events[-1]["state"] == "finished"
+    assert same_events[0]["time"] >= first_events[-1]["time"]  # started after the first ended
+    assert elsewhere_events[0]["event"] == "Started" and elsewhere_events[0]["time"] < first_events[-1]["time"]
+    ended = elsewhere_events[-1]
+    if other == "cuda" and ended["state"] == "failed":  # no GPU here: the CLI's message for --device cuda
+        assert ended["message"] == cli_error(["ablate", "--model", "demo", "--probe", "arith", "--device", "cuda",
+                                              "-o", str(tmp_path / "o")], tmp_path)
+    else:
+        assert ended["state"] == "finished", ended
 
 
 def test_a_queued_job_cancelled_never_runs(server):
@@ -305,6 +349,27 @@ def test_with_a_token_every_request_needs_it(tmp_path):
         assert status == 403
     finally:
         server.stop()
+
+
+def test_open_gives_the_browser_the_printed_url(tmp_path, monkeypatch):
+    """--open: the browser (BROWSER, which Python's webbrowser honours: here a script that writes
+    down what it was given) opens the URL the server printed, with its token when it has one."""
+    browser = tmp_path / "browser"
+    browser.write_text('#!/bin/sh\nprintf "%s\\n" "$*" >> "$0.urls"\n')
+    browser.chmod(0o755)
+    opened = tmp_path / "browser.urls"
+    monkeypatch.setenv("BROWSER", str(browser))
+    for arguments, ending in (([], "/"), (["--token", "a-token-for-tests"], "/?token=a-token-for-tests")):
+        opened.unlink(missing_ok=True)
+        server = Server(tmp_path / "results", "--open", *arguments)
+        try:
+            until(opened.exists, "the browser to be opened", seconds=60)
+            assert opened.read_text().splitlines() == [server.url]
+            assert server.url == f"http://127.0.0.1:{server.port}{ending}"
+            status, _headers, page = server.request("GET", ending, token=False)  # what the browser asks
+            assert status == 200 and b'name="neuro-scan-token"' in page
+        finally:
+            server.stop()
 
 
 def test_any_address_but_loopback_requires_a_token(tmp_path):

@@ -2,8 +2,9 @@
 
 The commands and their options are :mod:`neuro_scan.commands`' specs, the same dataclasses the
 CLI builds its flags from, so the form has every option of every scanning command, with the
-CLI's defaults and help. Values arrive as JSON and are checked by the options' own ``check``
-and by the same validation as the CLI (:func:`check`), so a bad value gets the CLI's one line.
+CLI's defaults and help. Values arrive as JSON, are typed here (:func:`coerce`), and are then
+checked by the runner's own validation (:func:`neuro_scan.runner.check`, the CLI's), so a bad
+value gets the CLI's one line.
 """
 
 from __future__ import annotations
@@ -113,19 +114,6 @@ def _typed(name: str, base: type, value: object):
     elif isinstance(value, str):
         return value
     raise UsageError(f"{flag(name)}: '{value}' is not a {TYPES.get(base, 'text')}")
-
-
-def check(spec: CommandSpec, options) -> None:
-    """The CLI's checks before any model loads (options, probe files, output folder, the model's
-    location); nothing stays written."""
-    if spec.name == "compare":
-        from neuro_scan.analysis.compare import validate as validate_compare
-
-        validate_compare(options)
-    else:
-        from neuro_scan.session import validate
-
-        validate(options)
 
 
 def probe_name(name: str) -> str:

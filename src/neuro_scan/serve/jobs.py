@@ -6,8 +6,10 @@ folder) and three of the server's: ``job.json`` (the command, its options and th
 worker's output); an uploaded probe file is kept in ``upload/``.
 
 States: queued -> running -> finished | failed | interrupted; a queued job cancelled is
-cancelled. Jobs that run a model run one at a time, the rest wait in the order they came
-(``compare`` runs at once: it loads no model). Each runs in a child process (:mod:`.worker`) in
+cancelled. Jobs that run a model run one at a time per device (their ``--device``; ``auto`` as
+the runner resolves it on this machine), the rest wait in the order they came: two jobs on
+different devices run together, two on the same one queue (``compare`` runs at once: it loads
+no model; :func:`to_start`). Each runs in a child process (:mod:`.worker`) in
 a session of its own: cancelling, or stopping the server, sends it SIGINT once, so the runner
 leaves the folder as the CLI's Ctrl-C does; a server that is killed leaves its workers running.
 
@@ -35,6 +37,7 @@ from pathlib import Path
 from neuro_scan.api import options as command_options
 from neuro_scan.errors import UsageError
 from neuro_scan.report.files import json_bytes, write_bytes
+from neuro_scan.runner import check as check_run
 from neuro_scan.serve import forms
 from neuro_scan.serve.settings import Refused, confine
 from neuro_scan.serve.worker import EVENTS_FILE, JOB_FILE
@@ -57,10 +60,7 @@ class Job:
     ended_at: str | None = None
     message: str | None = None  # why it failed, or what an interrupted one left
     dashboard: str | None = None  # its page, relative to the results folder, once finished
-
-    @property
-    def loads_model(self) -> bool:
-        return self.command != "compare"
+    device: str | None = None  # the device its model runs on (None: it loads no model)
 
 
 def _now(timespec: str = "seconds") -> str:
@@ -77,6 +77,8 @@ class Jobs:
         self.children: dict[str, subprocess.Popen] = {}
         self.adopted: set[str] = set()  # running jobs of an earlier server whose worker is alive
         self.lock = threading.RLock()
+        self._auto_device: str | None = None  # what --device auto is here, once asked
+        self._auto_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -91,6 +93,9 @@ class Jobs:
             except (OSError, ValueError, TypeError):
                 continue  # not a job folder of ours
             self.jobs[job.id] = job
+            if job.device is None and job.command != "compare" and job.state in ("queued", "running"):
+                # recorded by a server that did not record devices
+                job.device = self.device(job.options.get("device", "auto"))
             if job.state == "running":
                 if _ended_event(self.folder(job)) is None and _is_worker(job.pid, self.folder(job)):
                     self.adopted.add(job.id)
@@ -162,7 +167,7 @@ class Jobs:
             except TypeError as error:  # an option the command does not have
                 raise UsageError(str(error)) from None
             try:
-                forms.check(spec, chosen)
+                check_run(spec, chosen)  # the runner's checks, as the CLI's run makes them; nothing stays written
             except UsageError as error:  # named as the user named it, not by our staging copy
                 raise UsageError(str(error).replace(f"{staging}{os.sep}", "")) from None
             folder.mkdir(parents=True)
@@ -170,8 +175,9 @@ class Jobs:
                 (folder / "upload").mkdir()
                 shutil.copyfile(values["custom_probe"], folder / "upload" / probe_file)
                 values["custom_probe"] = str(folder / "upload" / probe_file)
+        device = self.device(chosen.device) if spec.loads_model else None
         job = Job(job_id, spec.name, {**values, "output": str(folder)}, _title(spec.name, values, probe),
-                  _now("microseconds"))
+                  _now("microseconds"), device=device)
         with self.lock:
             self.jobs[job.id] = job
             self._save(job)
@@ -190,6 +196,16 @@ class Jobs:
                 raise Refused(409, f"job {job_id} has already ended ({job.state})")
             return job
 
+    def device(self, option: str) -> str:
+        """The device a job's ``--device`` runs on: the name itself, or for ``auto`` the one the
+        runner picks on this machine (asked once of a child process: the server imports no torch)."""
+        if option != "auto":
+            return option
+        with self._auto_lock:
+            if self._auto_device is None:
+                self._auto_device = _resolve_auto_device()
+            return self._auto_device
+
     # -- the scheduler --------------------------------------------------------------------------
 
     def _schedule(self) -> None:
@@ -203,11 +219,9 @@ class Jobs:
         for job_id in list(self.adopted):
             job = self.jobs[job_id]
             self._follow(job_id, _is_worker(job.pid, self.folder(job)), "its worker stopped while the server was away")
-        busy = any(self.jobs[job_id].loads_model for job_id in [*self.children, *self.adopted])
-        for job in sorted((job for job in self.jobs.values() if job.state == "queued"), key=lambda job: job.created_at):
-            if not job.loads_model or not busy:
-                self._start(job)
-                busy = busy or job.loads_model
+        busy = {self.jobs[job_id].device for job_id in [*self.children, *self.adopted]}
+        for job in to_start([job for job in self.jobs.values() if job.state == "queued"], busy):
+            self._start(job)
 
     def _follow(self, job_id: str, alive: bool, why: str) -> None:
         """A running job ends when its events say so; its device is free when its process is gone."""
@@ -245,6 +259,32 @@ class Jobs:
 
     def _save(self, job: Job) -> None:
         write_bytes(self.folder(job) / JOB_FILE, json_bytes(asdict(job)))
+
+
+def to_start(queued: list[Job], busy: set[str | None]) -> list[Job]:
+    """The queued jobs to start now, given the devices whose model-running job has not yet ended
+    (``busy``): the oldest job of each free device, and every job that loads no model."""
+    starting = []
+    taken = {device for device in busy if device is not None}
+    for job in sorted(queued, key=lambda job: job.created_at):
+        if job.device is None or job.device not in taken:
+            starting.append(job)
+            if job.device is not None:
+                taken.add(job.device)
+    return starting
+
+
+def _resolve_auto_device() -> str:
+    """``--device auto`` as the runner resolves it here (:func:`neuro_scan.backend.loading.resolve_device`),
+    in a child process; ``auto`` if it cannot tell (a broken torch: such a job fails with its message)."""
+    ask = "from neuro_scan.backend.loading import resolve_device; print(resolve_device('auto'))"
+    try:
+        done = subprocess.run([sys.executable, "-c", ask], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              check=False, timeout=300)
+    except (OSError, subprocess.TimeoutExpired):
+        return "auto"
+    answer = done.stdout.strip().splitlines()
+    return answer[-1] if done.returncode == 0 and answer else "auto"
 
 
 def _title(command: str, values: dict, probe: tuple[str, bytes] | None) -> str:

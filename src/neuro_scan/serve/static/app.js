@@ -214,6 +214,7 @@ async function showJobs() {
       state.className = `state ${job.state}`;
       state.textContent = job.state;
       cell(row, state);
+      cell(row, job.device || "", "hint");
       cell(row, (job.started_at || "").replace("T", " "));
       cell(row, (job.ended_at || "").replace("T", " "));
       cell(row, job.message || "", "hint");
