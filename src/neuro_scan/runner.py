@@ -30,8 +30,8 @@ class Outcome:
     notes: list[str] = field(default_factory=list)  # what the user should know besides the files
 
     def summary(self) -> list:
-        """The command's terminal summary: rich renderables and strings."""
-        return _module(command(self.command).report).summary(self.document)
+        """The command's terminal summary: rich renderables and strings (none where nothing was written)."""
+        return [] if self.document is None else _module(command(self.command).report).summary(self.document)
 
 
 def _module(path: str):
@@ -40,9 +40,13 @@ def _module(path: str):
 
 def run(name: str | CommandSpec, options, sink: events.EventSink = events.ignore) -> Outcome:
     """Run one command with its options dataclass (see :mod:`neuro_scan.commands`)."""
+    from neuro_scan.distributed import place
     from neuro_scan.report.folder import output_session
 
     spec = _spec(name, options)
+    here = place()
+    if here is not None and not here.main:
+        return _run_share(spec, options, f"process {here.rank} of {here.world_size}")
     with output_session(spec.name) as held:
         try:
             outcome = _run(spec, options, sink)
@@ -94,4 +98,20 @@ def _run(spec: CommandSpec, options, sink: events.EventSink) -> Outcome:
     result = analysis.execute(session, options)
     files = writer.files(result, session.run_info())
     written = report.write(session.output, files)
+    session.finish()  # the scans' journal goes once the report is written
     return Outcome(spec.name, result, files.documents[files.main], written, dict(files.failed_phases))
+
+
+def _run_share(spec: CommandSpec, options, process: str) -> Outcome:
+    """A launched process other than the first (:mod:`neuro_scan.distributed`): it scores its share
+    of every scan and gathers the others'; the first process checks the input, writes the report
+    and shows progress, so this one writes and shows nothing. Commands that scan nothing (compare,
+    calibrate) run in the first process alone."""
+    if not spec.loads_model or hasattr(_module(spec.report), "write"):
+        return Outcome(spec.name, None, None, [], notes=[f"{process}: {spec.name} runs in process 0 alone"])
+    from neuro_scan.session import Validated, open_session
+
+    options.check()
+    session = open_session(options, Validated(options.resolve_probes(), Path(options.output)), record=False)
+    result = _module(spec.analysis).execute(session, options)
+    return Outcome(spec.name, result, None, [], notes=[f"{process}: scored its share; process 0 wrote the report"])
