@@ -159,3 +159,57 @@ def test_every_command_writes_its_warnings(cli, wrong_facts, two_samples, tmp_pa
     assert not has(cross_report["warnings"], "probe arith")
     multi = json.loads((tmp_path / "cross" / "multi_probe.json").read_text(encoding="utf-8"))
     assert [has(r["warnings"], "only 2 samples") for r in multi["reports"]] == [False, True]
+
+
+# ------------------------------------------------------------------------- component scans, attribute
+
+
+def component_scan(baseline_correct: list[bool], damage: np.ndarray):
+    """A head scan from per-sample scores: ``damage`` [N, S] nats lost per sample, one row per head."""
+    from neuro_scan.analysis.components import component_result
+    from neuro_scan.backend.base import Target
+
+    samples = len(baseline_correct)
+    base = SampleScores(np.full(samples, -0.5), np.array(baseline_correct))
+    ablated = [SampleScores(base.answer_logprob - row, np.array(baseline_correct)) for row in damage]
+    targets = [Target(0, "head", head) for head in range(len(damage))]
+    return component_result(base, targets, ablated, "head", "zero", 0, 1, len(damage), 0.0)
+
+
+def test_component_rules_fire_exactly_when_they_apply():
+    from neuro_scan.caveats import component_warnings
+
+    rng = np.random.default_rng(1)
+    clear = np.stack([rng.normal(3.0, 0.5, 20), rng.normal(0.0, 0.5, 20)])  # head 0 clearly damages
+    assert component_warnings(component_scan([True] * 20, clear)) == []
+    quiet = component_warnings(component_scan([True] * 20, rng.normal(0.0, 1.0, (3, 20))))
+    assert quiet == ["no component's removal does significant damage (Benjamini-Hochberg adjusted p <= 0.05): the "
+                     "damage ranking is within noise, so no component stands out"]
+    unsolved = component_warnings(component_scan([False] * 15 + [True] * 5, clear))
+    assert has(unsolved, "answers 25% of the samples correctly") and len(unsolved) == 1
+    assert has(component_warnings(component_scan([True] * 4, clear[:, :4])), "only 4 samples")
+
+
+def test_component_scans_and_attribute_write_their_warnings(cli, wrong_facts, two_samples, tmp_path):
+    blocks = cli(["ablate", "--model", "demo", "--custom-probe", two_samples, "--granularity", "sublayer",
+                  "--output", str(tmp_path / "blocks")])
+    assert blocks.exit_code == 0, blocks.output
+    report = json.loads((tmp_path / "blocks" / "components.json").read_text(encoding="utf-8"))
+    assert has(report["warnings"], "only 2 samples")
+    assert has(report["warnings"], "no component's removal does significant damage")
+    assert not any(row["significant"] for row in report["components"])
+    for warning in report["warnings"]:
+        assert f"warning: {warning}" in " ".join(blocks.stderr.split())
+
+    solved = cli(["ablate", "--model", "demo", "--probe", "arith", "--granularity", "head", "--output",
+                  str(tmp_path / "heads")])
+    assert solved.exit_code == 0, solved.output
+    assert json.loads((tmp_path / "heads" / "components.json").read_text(encoding="utf-8"))["warnings"] == []
+
+    attribute = cli(["attribute", "--model", "demo", "--custom-probe", wrong_facts, "--verify-top-k", "4",
+                     "--verify-sample", "2", "--output", str(tmp_path / "attribute")])
+    assert attribute.exit_code == 0, attribute.output
+    document = json.loads((tmp_path / "attribute" / "attribution.json").read_text(encoding="utf-8"))
+    assert has(document["warnings"], "answers 0% of the samples correctly", "cannot do this probe")
+    assert document["null_check"]["ok"] and not has(document["warnings"], "removing nothing")
+    assert "warning: the model answers 0%" in " ".join(attribute.stderr.split())

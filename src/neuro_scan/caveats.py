@@ -6,9 +6,13 @@ A run can finish without error and still mean little:
   much less likely its wrong answers become, not lost ability;
 - too few samples: the intervals and p-values are checked from 12 samples up (docs/statistics.md);
 - no layer's removal does significant damage: the damage ranking is within noise, so no layer is
-  starred or named a top layer;
+  starred or named a top layer (and no component's, or verified node's, in a component scan or
+  `attribute`);
+- removing nothing does not measure zero (`attribute`'s null check);
 - the answer never emerges in the lens: nothing marks where it forms, and the labels that need
-  that fall back to depth.
+  that fall back to depth;
+- a proxy (block influence, whole-layer AtP) ranks the layers unlike their exact damage: worded
+  by the proxy audit itself (:func:`neuro_scan.analysis.attribution.proxy_audit`), announced by `map`.
 
 Each analysis derives its warnings here from its result, keeps them on the result
 (``result.warnings``), announces them as warning notices (terminal, web app) with
@@ -26,6 +30,8 @@ from neuro_scan.statistics import FDR_LEVEL
 
 if TYPE_CHECKING:
     from neuro_scan.analysis.ablation import AblationResult
+    from neuro_scan.analysis.attribution import AttributionResult
+    from neuro_scan.analysis.components import ComponentResult
     from neuro_scan.analysis.compare import Comparison
     from neuro_scan.analysis.lens import LensResult
 
@@ -53,13 +59,38 @@ def probe_warnings(accuracy: float, samples: int, probe: str | None = None) -> l
     return found
 
 
+def _nothing_significant(what: str, consequence: str) -> str:
+    return (f"no {what}'s removal does significant damage (Benjamini-Hochberg adjusted p <= {FDR_LEVEL}): the damage "
+            f"ranking is within noise, {consequence}")
+
+
 def scan_warnings(scan: AblationResult, probe: str | None = None) -> list[str]:
     """A single-layer scan's warnings: its probe's, and no layer doing significant damage."""
     found = probe_warnings(scan.baseline.accuracy.mean, len(scan.baseline_logprob), probe)
     if not scan.important_layers:
-        found.append(_named(probe, f"no layer's removal does significant damage (Benjamini-Hochberg adjusted p <= "
-                                   f"{FDR_LEVEL}): the damage ranking is within noise, so no layer is starred or "
-                                   "named a top layer"))
+        found.append(_named(probe, _nothing_significant("layer", "so no layer is starred or named a top layer")))
+    return found
+
+
+def component_warnings(scan: ComponentResult) -> list[str]:
+    """A component scan's (``ablate --granularity sublayer|head``): its probe's, and no component
+    doing significant damage."""
+    found = probe_warnings(scan.baseline.accuracy.mean, len(scan.baseline_logprob))
+    if not any(c.significant_damage for c in scan.components):
+        found.append(_nothing_significant("component", "so no component stands out"))
+    return found
+
+
+def attribution_warnings(result: AttributionResult, accuracy: float, samples: int) -> list[str]:
+    """`attribute`'s: its probe's (``accuracy``: the baseline's, over ``samples``), no verified node
+    doing significant damage, and removing nothing not measuring zero."""
+    found = probe_warnings(accuracy, samples)
+    verified = [n.exact for n in result.nodes if n.exact is not None]
+    if verified and not any(exact.significant_damage for exact in verified):
+        found.append(_nothing_significant("verified node", "so the estimates are checked against noise"))
+    if not result.null_check.ok:
+        found.append("removing nothing does not give the baseline (null_check in attribution.json): is the model in "
+                     "eval mode, without dropout, on deterministic kernels? The estimates and damages are suspect")
     return found
 
 

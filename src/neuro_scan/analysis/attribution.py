@@ -98,6 +98,7 @@ class AttributionResult:
     num_layers: int
     num_heads: int
     seconds: dict[str, float] = field(default_factory=dict)  # estimate, verification
+    warnings: list[str] = field(default_factory=list)  # what may make it mislead (neuro_scan.caveats)
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame([{
@@ -313,12 +314,14 @@ def proxy_audit(engine: Engine, ablation_result, block_influence: list[float] | 
 def execute(session, options) -> AttributionResult:
     """`attribute` (``options.ablation``, ``options.verify_top_k``, ``options.verify_sample``, ``options.seed``,
     ``options.graddrop``, ``options.qk_fix``)."""
+    from neuro_scan.caveats import announce, attribution_warnings
+
     engine = session.engine
     with session.phase("attribution", f"estimating every node, then verifying {options.verify_top_k} + "
                        f"{options.verify_sample}", options.verify_top_k + options.verify_sample,
                        timing="attribution_seconds") as advance:
         result = attribute(engine, options.ablation, top_k=options.verify_top_k, sample=options.verify_sample,
                            seed=options.seed, graddrop=options.graddrop, qk_fix=options.qk_fix, progress=advance)
-    if not result.null_check.ok:
-        session.notice("removing nothing does not give the baseline: see null_check in attribution.json", "warning")
+    result.warnings = announce(session, attribution_warnings(result, engine.baseline.accuracy,
+                                                             len(engine.baseline.answer_logprob)))
     return result

@@ -25,7 +25,7 @@ scan are one family of tests (Benjamini-Hochberg), as for layers (docs/statistic
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -77,6 +77,7 @@ class ComponentResult:
     seconds: float
     baseline_logprob: np.ndarray  # [S]
     ablated_logprob: np.ndarray  # [N, S] per component
+    warnings: list[str] = field(default_factory=list)  # what may make it mislead (neuro_scan.caveats)
 
     @property
     def ranked(self) -> list[ComponentAblation]:
@@ -139,8 +140,12 @@ def component_result(baseline: SampleScores, targets: list[Target], ablated: lis
 
 def execute(session, options) -> ComponentResult:
     """`ablate --granularity sublayer|head` (``options.granularity``, ``options.ablation``, ``options.seed``)."""
+    from neuro_scan.caveats import announce, component_warnings
+
     engine = session.engine
     targets = component_targets(engine, options.granularity)
     with session.phase("components", f"removing {len(targets)} components ({options.granularity}, "
                        f"{options.ablation} ablation)", len(targets), timing="components_seconds") as advance:
-        return run_components(engine, options.granularity, options.ablation, options.seed, advance, targets)
+        result = run_components(engine, options.granularity, options.ablation, options.seed, advance, targets)
+    result.warnings = announce(session, component_warnings(result))
+    return result

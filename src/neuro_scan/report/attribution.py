@@ -43,6 +43,7 @@ def document(result: AttributionResult, run: RunInfo) -> dict:
     v, null = result.verification, result.null_check
     return {
         **header(run, "attribute", FORMAT),
+        "warnings": result.warnings,
         "ablation": result.ablation,
         "num_heads": result.num_heads,
         "corrections": {"graddrop": result.graddrop, "qk_fix": result.qk_fix},

@@ -47,6 +47,7 @@ def document(result: ComponentResult, run: RunInfo) -> dict:
     base = result.baseline
     return {
         **header(run, "ablate", FORMAT),
+        "warnings": result.warnings,
         "granularity": result.granularity,
         "ablation": result.ablation,
         "removed_definition": REMOVED[result.granularity],
