@@ -106,7 +106,11 @@ def test_cancel_mid_run_leaves_what_finished_whole(server):
     ended = events[-1]
     assert ended["state"] == "interrupted", ended
     folder = server.results / "jobs" / job["id"]
-    assert ended["message"] == f"interrupted: neuro-scan map stopped; {folder} holds what it had finished"
+    journal = folder / ".neuro-scan-journal.jsonl"  # the ablation's configurations, for a --resume
+    assert ended["message"] == (f"interrupted: neuro-scan map stopped; {folder} holds what it had finished; the "
+                                f"configurations it scored are journalled in {journal}: run the same command again "
+                                f"(or with --resume) to continue")
+    assert journal.is_file()
     assert server.job(job["id"])["state"] == "interrupted"
     assert_whole(folder)
     report = read_report(folder / "report.json", "the cancelled job's report")

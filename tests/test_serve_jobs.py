@@ -4,6 +4,7 @@ scheduled here, nothing runs on them."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -55,3 +56,14 @@ def test_auto_is_the_device_the_runner_picks(tmp_path):
     jobs = Jobs(tmp_path)
     assert jobs.device("cpu") == "cpu" and jobs.device("cuda") == "cuda"
     assert jobs.device("auto") == str(resolve_device("auto"))
+
+
+def test_the_form_has_no_resume_each_job_has_a_new_folder():
+    from neuro_scan.errors import UsageError
+    from neuro_scan.serve import forms
+
+    spec = forms.startable("ablate")
+    assert "resume" in {field.name for field in dataclasses.fields(spec.options)}  # the CLI has it
+    assert "resume" not in {option["name"] for option in forms.form(spec)["options"]}
+    with pytest.raises(UsageError, match=r"^--resume: set by the server \(each job has a new folder"):
+        forms.coerce(spec, {"model": "demo", "resume": True})

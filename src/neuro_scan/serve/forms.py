@@ -21,7 +21,7 @@ from neuro_scan.errors import UsageError
 from neuro_scan.session import ScanOptions
 
 MAX_PROBE_BYTES = 4 * 2**20  # an uploaded probe file
-SET_BY_SERVER = ("output", "custom_probe")  # the job's folder; the uploaded probe file
+SET_BY_SERVER = ("output", "custom_probe", "resume")  # the job's folder, new; the uploaded probe file
 TYPES = {int: "int", float: "float", str: "str", bool: "bool"}
 
 
@@ -76,7 +76,8 @@ def coerce(spec: CommandSpec, values: dict) -> dict:
     out = {}
     for name, value in values.items():
         if name in SET_BY_SERVER:
-            raise UsageError(f"{flag(name)}: set by the server (the job's own folder, the uploaded probe file)")
+            raise UsageError(f"{flag(name)}: set by the server (each job has a new folder of its own, so nothing to "
+                             "resume; a probe file is uploaded)")
         if name not in known:
             out[name] = value
             continue
