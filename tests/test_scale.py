@@ -293,3 +293,80 @@ def test_max_memory():
                       ("cpu=lots", "--max-memory cpu: 'lots' is not a size")]:
         with pytest.raises(UsageError, match=why):
             parse_max_memory(text)
+
+
+# -- a real model ---------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_smollm2_math_probe_within_a_small_budget_equals_the_plain_path(smollm2_backend):
+    """SmolLM2-135M (30 layers) on the math probe: a budget of a fifth of the full cache (K = 5),
+    length buckets and pair resume give the plain path's scan, pairs and lens."""
+    probe = resolve_probe("math")
+    reference = plain(smollm2_backend, probe, batch_size=64)
+    full = Engine(smollm2_backend, probe, keep_every=1)
+    engine = Engine(smollm2_backend, probe, cache_memory=full.cache_bytes // 5)
+    assert engine.keep_every == 5 and engine.padding_share < 0.1 < reference.padding_share
+    singles = [frozenset({layer}) for layer in range(30)]
+    pairs = [frozenset({i, j}) for i in (0, 7, 21) for j in range(i + 1, 30, 4)]
+    assert_same(engine.skip_scan(singles + pairs), reference.skip_scan(singles + pairs), tol=1e-4)
+    for ours, theirs in zip(run_lens(engine).layers, run_lens(reference).layers):
+        np.testing.assert_allclose(ours.answer_prob, theirs.answer_prob, atol=1e-5, rtol=0)
+
+
+# -- the command line: --device-map, --max-memory, --offload-folder, --cache-memory ----------------------
+
+def steady(value):
+    """A report without what differs between two runs of the same scan: when, how long, and how it was placed."""
+    if isinstance(value, dict):
+        return {k: steady(v) for k, v in value.items() if k not in ("created_at", "timings", "scale")
+                and "seconds" not in k}
+    return [steady(v) for v in value] if isinstance(value, list) else value
+
+
+@pytest.mark.slow
+def test_map_placed_over_cpu_and_disk_or_with_a_small_cache_gives_the_plain_report(tmp_path, caplog):
+    """`map` on the demo model: loaded plainly, over CPU and disk by --device-map with a tiny
+    --max-memory, and with a --cache-memory that keeps every other boundary (K = 2) or none (K = 5):
+    the same report, numbers exactly equal, each saying what it used."""
+    import json
+
+    from test_cli_errors import run_inprocess
+
+    runs = {"plain": [], "disk": ["--device-map", "sequential", "--max-memory", "cpu=1.5MB", "--offload-folder",
+                                  str(tmp_path / "offload")],
+            "auto": ["--device-map", "auto", "--max-memory", "cpu=1.5MB"],
+            "K=2": ["--cache-memory", "350KB"], "K=5": ["--cache-memory", "1KB"]}
+    reports, offloaded = {}, {}
+    for name, extra in runs.items():
+        caplog.clear()
+        rc, stdout, stderr = run_inprocess(["map", "--model", "demo", "--probe", "arith", "--batch-size", "8",
+                                            "-o", str(tmp_path / name), *extra])
+        assert rc == 0, stdout + stderr
+        reports[name] = json.loads((tmp_path / name / "report.json").read_text())
+        offloaded[name] = any("offloaded to the" in r.getMessage() and "disk" in r.getMessage() for r in caplog.records)
+    assert offloaded == {"plain": False, "disk": True, "auto": True, "K=2": False, "K=5": False}  # accelerate says so
+    scale = {name: report["scale"] for name, report in reports.items()}
+    assert scale["plain"] == {"device_map": None, "max_memory": None, "layer_devices": {"cpu": 4}, "cache_memory": None,
+                              "cache_memory_bytes": None, "cache_keep_every": {"arith": 1}}
+    assert scale["disk"]["device_map"] == "sequential" and scale["disk"]["max_memory"] == "cpu=1.5MB"
+    assert scale["auto"]["device_map"] == "auto"
+    # a boundary of the probe's rows is 159,744 bytes: two of the four fit 350KB
+    assert (scale["K=2"]["cache_memory_bytes"], scale["K=2"]["cache_keep_every"]) == (350_000, {"arith": 2})
+    assert scale["K=5"]["cache_keep_every"] == {"arith": 5}  # nothing kept: every run from the token ids
+    for name, report in reports.items():
+        assert steady(report) == steady(reports["plain"]), name
+
+
+@pytest.mark.parametrize("extra", [["--cache-memory", "lots"], ["--device-map", "sideways"],
+                                   ["--max-memory", "cpu=1GB"], ["--device-map", "auto", "--max-memory", "0=1GB,0=2GB"]])
+def test_bad_scale_options_fail_before_torch_is_imported(extra, tmp_path):
+    import subprocess
+    import sys
+
+    from test_terminal import FAIL_FAST
+
+    done = subprocess.run([sys.executable, "-c", FAIL_FAST, "ablate", "--model", "demo", *extra, "--output",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120, check=False)
+    assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
+    assert [line for line in done.stderr.splitlines() if line.strip()][0].startswith(f"error: {extra[-2]}")
+    assert not (tmp_path / "out").exists()
