@@ -143,3 +143,51 @@ def test_a_scan_decides_significance_by_the_adjusted_p_value():
 def test_an_interval_given_without_a_test_is_judged_by_its_interval():
     assert Interval(1.0, 0.5, 1.5, 0.1).significant and not Interval(0.2, -0.1, 0.5, 0.1).significant
     assert not Interval(1.0, 0.5, 1.5, 0.1, p_value=0.01, p_value_adjusted=0.08).significant
+
+
+# ------------------------------------------------------------------------- degenerate resample spread
+
+
+def few_carry_everything(rng, rows: int, samples: int = 32, carriers: int = 3) -> np.ndarray:
+    """Per-sample damages where a few samples carry it all and the rest are float32 noise around 0:
+    a head's damage on the demo model (0.55 nats mean, three samples at 5-7 nats)."""
+    values = rng.normal(0.0, 3e-7, (rows, samples))
+    values[:, :carriers] = rng.uniform(4.0, 8.0, (rows, carriers))
+    return values
+
+
+def bootstrap_t_by_hand(row: np.ndarray, rng, resamples: int = 4000) -> tuple[float, float]:
+    """The plain bootstrap-t interval, drawn independently of statistics.py."""
+    n, mean = len(row), row.mean()
+    se = row.std(ddof=1) / np.sqrt(n)
+    draws = row[rng.integers(0, n, (resamples, n))]
+    t = (draws.mean(axis=1) - mean) / (draws.std(axis=1, ddof=1) / np.sqrt(n))
+    t_low, t_high = np.quantile(t[np.isfinite(t)], [0.025, 0.975])
+    return mean - t_high * se, mean - t_low * se
+
+
+def test_a_few_samples_carrying_everything_give_a_percentile_interval_not_an_explosion():
+    rng = np.random.default_rng(11)
+    values = few_carry_everything(rng, 1)[0]
+    _, exploded = bootstrap_t_by_hand(values, rng)
+    assert exploded > 20 * values.max()  # what the bootstrap-t gave: far beyond any sample
+    interval, = mean_intervals(values, seed=0)
+    assert values.min() <= interval.low <= interval.mean <= interval.high <= values.max()
+    # the percentile interval of the resample means, drawn independently
+    means = values[rng.integers(0, len(values), (20000, len(values)))].mean(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    assert interval.high == pytest.approx(high, rel=0.1) and interval.low == pytest.approx(low, abs=0.05)
+
+
+def test_degenerate_rows_keep_their_p_values_in_step_with_their_intervals():
+    """Rows of that shape moved up or down so that zero falls anywhere in them: p <= 0.05 exactly
+    when the (percentile) interval excludes zero; and ordinary rows are left to the bootstrap-t."""
+    rng = np.random.default_rng(12)
+    values = few_carry_everything(rng, 300, samples=20, carriers=2) - rng.uniform(-0.3, 2.0, (300, 1))
+    intervals = mean_intervals(values, seed=0)
+    assert 30 < sum(i.excludes_zero for i in intervals) < 270
+    assert all((i.p_value <= 0.05) == i.excludes_zero for i in intervals)
+    assert all(row.min() <= i.low and i.high <= row.max() for row, i in zip(values, intervals))
+    ordinary = rng.gamma(2.0, 1.0, 12)
+    rows = mean_intervals(np.stack([ordinary, few_carry_everything(rng, 1)[0][:12]]), seed=0)
+    assert rows[0].high > ordinary.mean() + 1.5 * rows[0].stderr  # the bootstrap-t's width, not clipped
