@@ -85,10 +85,11 @@ def neuro_scan(args: list[str], tmp_path: Path, processes: int = 1, launcher: st
 
 
 def without_times(value):
-    """A report without what differs between two runs of the same inputs: times and the date."""
+    """A report without what differs between two runs of the same inputs: times, the date and how
+    many processes shared the scans."""
     if isinstance(value, dict):
         return {key: without_times(item) for key, item in value.items()
-                if key not in ("created_at", "timings") and not key.endswith("seconds")}
+                if key not in ("created_at", "timings", "processes") and not key.endswith("seconds")}
     if isinstance(value, list):
         return [without_times(item) for item in value]
     return value
@@ -117,6 +118,7 @@ def test_two_launched_processes_write_the_single_process_report(launcher, comman
     expected = json.loads((tmp_path / "alone" / document).read_text())
     found = json.loads((tmp_path / "shared" / document).read_text())
     assert without_times(found) == without_times(expected)
+    assert (found["scale"]["processes"], expected["scale"]["processes"]) == (2, 1)
     assert sorted(os.listdir(tmp_path / "shared")) == sorted(os.listdir(tmp_path / "alone"))
 
 

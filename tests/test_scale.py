@@ -347,7 +347,7 @@ def test_map_placed_over_cpu_and_disk_or_with_a_small_cache_gives_the_plain_repo
     assert offloaded == {"plain": False, "disk": True, "auto": True, "K=2": False, "K=5": False}  # accelerate says so
     scale = {name: report["scale"] for name, report in reports.items()}
     assert scale["plain"] == {"device_map": None, "max_memory": None, "layer_devices": {"cpu": 4}, "cache_memory": None,
-                              "cache_memory_bytes": None, "cache_keep_every": {"arith": 1}}
+                              "cache_memory_bytes": None, "cache_keep_every": {"arith": 1}, "processes": 1}
     assert scale["disk"]["device_map"] == "sequential" and scale["disk"]["max_memory"] == "cpu=1.5MB"
     assert scale["auto"]["device_map"] == "auto"
     # a boundary of the probe's rows is 159,744 bytes: two of the four fit 350KB

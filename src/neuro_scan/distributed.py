@@ -64,10 +64,10 @@ def place() -> Place | None:
     return Place(rank, world_size, local_rank)
 
 
-def is_main_process() -> bool:
-    """True unless this is one of the launched processes other than the first."""
+def process_count() -> int:
+    """How many processes share the scans (1 when this one runs alone)."""
     here = place()
-    return here is None or here.main
+    return 1 if here is None else here.world_size
 
 
 class ProcessGroup:

@@ -284,13 +284,16 @@ class Session:
                        lens_file=getattr(self.options, "tuned_lens", None), scale=self.scale())
 
     def scale(self) -> dict:
-        """How the model was placed and the cache bounded: the options given and what they chose."""
+        """How the model was placed and the cache bounded: the options given and what they chose;
+        how many processes shared the scans (:mod:`neuro_scan.distributed`)."""
+        from neuro_scan.distributed import process_count
+
         options = self.options
         devices = [str(self.backend.layer_device(layer)) for layer in range(self.backend.num_layers)]
         return {"device_map": options.device_map, "max_memory": options.max_memory,
                 "layer_devices": {device: devices.count(device) for device in dict.fromkeys(devices)},
                 "cache_memory": options.cache_memory, "cache_memory_bytes": options.cache_bytes(),
-                "cache_keep_every": dict(self.keep_every)}
+                "cache_keep_every": dict(self.keep_every), "processes": process_count()}
 
     def finish(self) -> None:
         """The report is written: the journal of the scans is no longer needed."""
