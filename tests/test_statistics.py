@@ -191,3 +191,5 @@ def test_degenerate_rows_keep_their_p_values_in_step_with_their_intervals():
     ordinary = rng.gamma(2.0, 1.0, 12)
     rows = mean_intervals(np.stack([ordinary, few_carry_everything(rng, 1)[0][:12]]), seed=0)
     assert rows[0].high > ordinary.mean() + 1.5 * rows[0].stderr  # the bootstrap-t's width, not clipped
+    # two samples of one sign: half the resamples draw one sample twice, which is no evidence
+    assert mean_intervals(np.array([1.0, 1.5]), seed=0)[0].p_value > 0.05

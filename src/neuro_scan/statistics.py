@@ -98,7 +98,9 @@ def _bootstrap_t(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, ..
     resample means instead, and its p-value: 2 * (1 + count) / (B + 1), counting the resample
     shifts at or beyond -mean in the nearer tail (so again p <= 0.05 exactly when the interval
     excludes zero). Their bootstrap-t interval would be set by divisions by ~0: one such head on
-    the demo model read 0.06..857 nats with every per-sample damage at most 7.1.
+    the demo model read 0.06..857 nats with every per-sample damage at most 7.1. Resamples that
+    draw one sample n times are not counted: at n = 2 half of them do, and the percentile test
+    would call any two samples of one sign significant.
     """
     resamples, num_samples = counts.shape
     means = values.mean(axis=-1, keepdims=True)
@@ -118,15 +120,19 @@ def _bootstrap_t(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, ..
     mean = means[:, 0]
     low, high = mean - t_high * stderr, mean - t_low * stderr
     tail = np.minimum((t_star >= observed[:, None]).sum(axis=-1), (t_star <= observed[:, None]).sum(axis=-1))
-    # rows whose t* tails are infinite (few distinct values, e.g. 0/1 accuracy) or set by resamples
-    # that lost their spread: the percentile interval, and the p-value from the same resample means
-    degenerate = (boot_se < DEGENERATE_SE * stderr[:, None]).mean(axis=-1) > (1 - LEVEL) / 2
-    percentile = degenerate | ~(np.isfinite(t_low) & np.isfinite(t_high))
+    # rows whose t* tails are infinite (few distinct values, e.g. 0/1 accuracy): the percentile interval
+    percentile = ~(np.isfinite(t_low) & np.isfinite(t_high))
+    # rows whose t* tails are set by resamples that lost their spread (not counting those that drew
+    # one sample n times, as most do at n = 2): the percentile interval and its own p-value
+    one_sample = counts.max(axis=-1) == num_samples
+    degenerate = ((boot_se < DEGENERATE_SE * stderr[:, None]) & ~one_sample).mean(axis=-1) > (1 - LEVEL) / 2
+    percentile |= degenerate
     shifts = np.sort(shift[percentile], axis=-1)
     low[percentile] = mean[percentile] + shifts[:, rank - 1]
     high[percentile] = mean[percentile] + shifts[:, resamples - rank]
-    zero = -mean[percentile, None]  # the shift that would put the resample mean at zero
-    tail[percentile] = np.minimum((shifts <= zero).sum(axis=-1), (shifts >= zero).sum(axis=-1))
+    shifts = np.sort(shift[degenerate], axis=-1)
+    zero = -mean[degenerate, None]  # the shift that would put the resample mean at zero
+    tail[degenerate] = np.minimum((shifts <= zero).sum(axis=-1), (shifts >= zero).sum(axis=-1))
     # rows with no spread at all: the mean is exact
     exact = stderr == 0
     low[exact] = high[exact] = mean[exact]
