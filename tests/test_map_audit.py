@@ -116,6 +116,7 @@ def test_lens_runs_right_after_the_baseline_and_is_on_disk_before_the_ablation(t
     assert seen["read"].rows == () and seen["read"].baseline_score == final["baseline_score"]
 
 
+@pytest.mark.slow  # whole demo maps, one per case
 def test_a_low_correlation_warns_everywhere(tmp_path, monkeypatch):
     """Forced: with the threshold above 1 every proxy is 'low'; both warnings reach the report,
     the terminal's notices and the dashboard."""
@@ -129,6 +130,7 @@ def test_a_low_correlation_warns_everywhere(tmp_path, monkeypatch):
         assert html.escape(warning) in page
 
 
+@pytest.mark.slow  # whole demo maps, one per case
 def test_a_failed_audit_or_lens_leaves_the_rest(tmp_path, monkeypatch):
     def fail(*_args, **_kwargs):
         raise RuntimeError("no gradients here")
