@@ -62,11 +62,11 @@ def main() -> None:
     probe = load_builtin(args.probe)
     engine = Engine(backend, probe, batch_size=args.batch_size)  # warm-up and plan
     layers = backend.num_layers
-    batch = engine.blocks[0].batch
     sync = torch.cuda.synchronize if backend.device.type == "cuda" else (lambda: None)
 
     def forward():
-        backend.run(batch)
+        for block in engine.blocks:  # rows are bucketed by length: every bucket makes the whole probe
+            backend.run(block.batch)
         sync()
 
     def scan():

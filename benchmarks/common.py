@@ -34,3 +34,28 @@ def print_results(results: dict, json_path: str | None) -> None:
         print(f"{key:<{width}}  {value:.4g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def saved_as_folder(backend, folder: Path) -> str:
+    """A GGUF-loaded model written as an ordinary model folder (float32 safetensors), which child
+    processes load in a second instead of dequantizing the GGUF again."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_config(backend.model.config, dtype=torch.float32)
+    plain.load_state_dict(backend.model.state_dict())
+    plain.save_pretrained(folder)
+    backend.tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def reset_peak_memory() -> None:
+    """Start a new peak of this process's resident memory (Linux: VmHWM := VmRSS)."""
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+
+
+def resident_memory(field: str = "VmRSS") -> int:
+    """This process's resident memory now (VmRSS) or at its peak since the last reset (VmHWM), in bytes."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith(f"{field}:"))

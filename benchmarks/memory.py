@@ -1,12 +1,14 @@
 """Peak memory of `map`, phase by phase, with short and long prompts, measured in one run.
 
-    python benchmarks/memory.py [--model PATH] [--threads 2] [--long 8x1000,2x4000] [--json FILE]
+    python benchmarks/memory.py [--model PATH] [--threads 2] [--probes math,8x1000,2x4000] [--json FILE]
 
 Each configuration runs `map` (the library call behind the command) in a child process of its
 own. The child resets its peak resident size (VmHWM, which ru_maxrss also reads, through
 /proc/self/clear_refs) when the model is loaded and at every phase boundary, so each phase's
 peak is its own; every number is resident memory above what the child held once the model was
-loaded, and the whole command's peak is the largest of them. Beside the measures, the formulas (L layers, H heads, width d, rows
+loaded, and the whole command's peak is the largest of them. A phase's "start" is what it
+inherits (the residual cache, and memory the allocator kept from earlier phases): its peak
+minus its start is what the phase itself added. Beside the measures, the formulas (L layers, H heads, width d, rows
 of T tokens, dtype of `bytes` bytes):
 
 - residual cache, held from the baseline to the end: (L+1) x rows x T x d x bytes;
@@ -16,8 +18,8 @@ of T tokens, dtype of `bytes` bytes):
 - the attention phase before it went layer by layer held every layer at once:
   L x rows_per_batch x H x T^2 x 4 bytes (rows_per_batch = min(rows, --batch-size)).
 
-Configurations: the built-in `math` probe (short prompts) and long prompts cut from the
-public-domain corpus, given as ROWSxTOKENS. The default model is SmolLM2-135M (GGUF fixture).
+Configurations (--probes): built-in probes by name (`math`: short prompts) and long prompts cut
+from the public-domain corpus, given as ROWSxTOKENS; each one's numbers are printed when it ends. The default model is SmolLM2-135M (GGUF fixture).
 Linux only (reads /proc/self/status).
 """
 
@@ -61,6 +63,7 @@ def child(model: str, probe: str, output: str, threads: int, batch_size: int) ->
         peaks[state["phase"]] = _status("VmHWM") - state["loaded"]
         state["phase"] = next_phase
         _reset_peak()
+        peaks[f"{next_phase} start"] = _status("VmRSS") - state["loaded"]  # kept from earlier phases
 
     def sink(event: events.Event) -> None:
         if isinstance(event, events.PhaseStarted) and event.phase in ("ablation", "attention"):
@@ -76,7 +79,8 @@ def child(model: str, probe: str, output: str, threads: int, batch_size: int) ->
 
     run("map", MapOptions(model=model, probe=probe, output=output, device="cpu", batch_size=batch_size), sink)
     boundary("done")
-    peaks.pop("loading")
+    for unmeasured in ("loading", "baseline start", "done start"):
+        peaks.pop(unmeasured)
     peaks["whole map"] = max(peaks.values())
     return peaks
 
@@ -96,7 +100,7 @@ def long_probe(backend, text: str, rows: int, tokens: int, folder: Path) -> Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model (default: SmolLM2-135M GGUF fixture)")
-    parser.add_argument("--long", default="8x1000,2x4000", help="long-prompt configurations, ROWSxTOKENS,...")
+    parser.add_argument("--probes", default="math,8x1000,2x4000", help="built-in probes and ROWSxTOKENS, comma-separated")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
@@ -120,15 +124,21 @@ def main() -> None:
     results: dict = {"model": info.model_id, "layers": layers, "heads": heads, "hidden_size": width,
                      "dtype": info.dtype, "threads": args.threads, "batch_size": args.batch_size,
                      "attention_budget_mib": ATTENTION_BUDGET_BYTES / MIB}
+    print_results(results, None)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         text = "\n\n".join(builtin_corpus().documents)
-        probes = {"short (math)": "math"}
-        for config in args.long.split(","):
-            rows, tokens = (int(v) for v in config.lower().split("x"))
-            probes[f"long {rows}x{tokens}"] = str(long_probe(backend, text, rows, tokens, folder))
+        probes = {}
+        for config in args.probes.split(","):
+            if config[0].isdigit():
+                rows, tokens = (int(v) for v in config.lower().split("x"))
+                probes[config] = str(long_probe(backend, text, rows, tokens, folder))
+            else:
+                probes[config] = config
+        plans = {name: build_plan(resolve_probe(probe), backend).sequences for name, probe in probes.items()}
+        del backend  # the children load their own copy
         for name, probe in probes.items():
-            sequences = build_plan(resolve_probe(probe), backend).sequences
+            sequences = plans[name]
             blocks = split_rows(len(sequences), args.batch_size)
             padded = sum((b.stop - b.start) * max(len(s) for s in sequences[b]) for b in blocks)
             longest = max(len(s) for s in sequences)
@@ -148,7 +158,10 @@ def main() -> None:
                 attention_bytes(per_block, heads, longest) / MIB, 1)
             results[f"{name}: formula attention before (all {layers} layers x {rows_per_batch} rows) MiB"] = round(
                 layers * attention_bytes(rows_per_batch, heads, longest) / MIB, 1)
-    print_results(results, args.json)
+            print_results({k: v for k, v in results.items() if k.startswith(f"{name}: ")}, None)
+            sys.stdout.flush()
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
