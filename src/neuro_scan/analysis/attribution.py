@@ -11,10 +11,10 @@ damage = baseline - ablated probe score (mean answer log-prob, nats), with the s
   for every node (:meth:`Backend.gradient_pass`).
 - AtP* (Kramár et al. 2024, arXiv 2403.00745) adds two corrections:
   GradDrop against cancellation: for each layer l the first-order term is recomputed with layer
-  l's residual contribution cut from the backward, and a node's ranking score is
-  (1 / (L-1)) x sum over l != its layer of |estimate_l| (|estimate| for a one-layer model); a node
-  whose direct and indirect effects cancel in the full gradient shows up in the terms where one
-  of them is cut. QK fix against attention saturation: a node's change reaches later layers'
+  l's residual contribution cut from the backward, and a node's ranking score is the mean over
+  samples of (1 / (L-1)) x sum over l != its layer of |estimate_l| (without GradDrop, and on a
+  one-layer model, the mean over samples of |estimate|: AtP*'s c(n)); a node whose direct and
+  indirect effects cancel in the full gradient shows up in the terms where one of them is cut. QK fix against attention saturation: a node's change reaches later layers'
   queries and keys, where the softmax can be flat at the baseline and steep a little away; for
   the layer right after the node, its attention probabilities are recomputed exactly from the
   exactly changed stream (the node's layer rerun with the node removed), and the softmax's
@@ -60,7 +60,7 @@ class NodeEstimate:
     target: Target
     atp: float  # first-order estimate of the damage (nats)
     estimate: float  # with the QK fix where it applies (= atp without it)
-    ranking: float  # AtP* score: the GradDrop magnitude (|estimate| without GradDrop)
+    ranking: float  # AtP* score: mean over samples of the GradDrop magnitude (of |estimate| without GradDrop)
     exact: ComponentAblation | None = None  # when verified
     verified: str = ""  # "top-k", "random" or "" (not verified)
 
@@ -120,6 +120,7 @@ class Estimates:
     estimate: np.ndarray  # [N] with the QK fix
     ranking: np.ndarray  # [N]
     graddrop: np.ndarray | None  # [N, L]: the estimate with each layer cut from the backward (GradDrop)
+    per_sample: np.ndarray  # [N, S]: each sample's estimated damage (with the QK fix)
     objective: np.ndarray  # [S] answer log-probs at the point of linearisation
 
 
@@ -162,14 +163,15 @@ def estimate(engine: Engine, ablation: str = "zero", targets: list[Target] | Non
         if qk_fix:
             for target, rows in _softmax_corrections(engine, block, passed.attention, targets, replacements).items():
                 softmax[target][inside.numpy()] = rows[local].double().cpu().numpy()
+    per_sample = np.array([-(change[t] + softmax[t]) for t in targets])  # damage, [N, S]
+    if graddrop:  # [N, L, S]: with each layer cut from the backward
+        cut = -(np.stack([dropped[t] for t in targets]) + np.stack([softmax[t] for t in targets])[:, None, :])
+    ranking = np.abs(per_sample).mean(axis=1)  # AtP*'s c(n) = E|estimate| over samples
+    if graddrop and layers > 1:  # E over samples of the mean over the other layers of |estimate with the layer cut|
+        ranking = np.array([np.abs(np.delete(cut[i], t.layer, axis=0)).mean() for i, t in enumerate(targets)])
     atp = np.array([-change[t].mean() for t in targets])
-    fixed = np.array([-(change[t] + softmax[t]).mean() for t in targets])
-    terms = np.array([[-(dropped[t][cut] + softmax[t]).mean() for cut in range(layers)] for t in targets]) if graddrop else None
-    if graddrop and layers > 1:
-        ranking = np.array([np.abs(np.delete(terms[i], t.layer)).mean() for i, t in enumerate(targets)])
-    else:
-        ranking = np.abs(fixed)
-    return Estimates(list(targets), atp, fixed, ranking, terms, objective)
+    return Estimates(list(targets), atp, per_sample.mean(axis=1), ranking, cut.mean(axis=2) if graddrop else None,
+                     per_sample, objective)
 
 
 def _softmax_corrections(engine: Engine, block, attention: list, targets: list[Target],

@@ -53,8 +53,8 @@ def document(result: AttributionResult, run: RunInfo) -> dict:
             "atp": "first-order estimate of the damage: -grad . (replacement - value), summed over real tokens, "
                    "mean over samples",
             "estimate": "atp with the QK fix: the next layer's attention softmax recomputed exactly",
-            "ranking": "AtP* score: mean over the other layers l of |estimate with layer l cut from the backward| "
-                       "(GradDrop); |estimate| without GradDrop",
+            "ranking": "AtP* score: mean over samples and over the other layers l of |estimate with layer l cut "
+                       "from the backward| (GradDrop); without GradDrop, mean over samples of |estimate|",
             "damage_column": "exact where verified, else the estimate",
         },
         "nodes": [_row(n) for n in result.nodes],
