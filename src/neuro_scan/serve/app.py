@@ -9,9 +9,11 @@ Routes (JSON unless said otherwise; errors are ``{"error": one line}`` with a 4x
 - ``GET /files/PATH``: a file of the results folder (dashboards, their pages and data);
 - ``POST /api/probe-check?name=``: an uploaded probe file (the body) checked as the CLI checks it;
 - ``GET /api/jobs``, ``GET /api/jobs/ID``, ``POST /api/jobs`` (``{"command", "options",
-  "probe_file": {"name", "text"}}``), ``POST /api/jobs/ID/cancel``;
+  "probe_file": {"name", "text"}}``), ``POST /api/jobs/ID/cancel``, ``POST /api/jobs/ID/resume``
+  (an interrupted, cancelled or failed job with a journal, queued again in its folder: :meth:`Jobs.resume`);
+  a job comes with ``resumable``;
 - ``GET /api/jobs/ID/events``: the job's events as server-sent events, from the first (or after
-  ``Last-Event-ID``) to the last; ``GET /api/jobs/ID/report``: its main report as written so far.
+  ``Last-Event-ID``) to its end (an Ended line that nothing follows); ``GET /api/jobs/ID/report``: its main report as written so far.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 from neuro_scan.errors import UsageError
 from neuro_scan.serve import forms
 from neuro_scan.serve.catalog import Catalog
-from neuro_scan.serve.jobs import ENDED_PREFIX, Jobs
+from neuro_scan.serve.jobs import ENDED_PREFIX, Job, Jobs
 from neuro_scan.serve.settings import (TOKEN_COOKIE, TOKEN_HEADER, TOKEN_QUERY, Refused, Settings, check_host,
                                        check_token, confine, make_settings)
 from neuro_scan.serve.worker import EVENTS_FILE
@@ -157,11 +159,14 @@ def create_app(settings: Settings) -> Guard:
         probe = await run_in_threadpool(forms.check_probe, request.query_params.get("name", ""), data)
         return JSONResponse({"name": probe.name, "samples": len(probe.samples), "answer_type": probe.answer_type})
 
+    def described(job: Job) -> dict:
+        return {**asdict(job), "resumable": jobs.resumable(job)}
+
     async def list_jobs(_request: Request) -> Response:
-        return JSONResponse([asdict(job) for job in jobs.list()])
+        return JSONResponse([described(job) for job in jobs.list()])
 
     async def get_job(request: Request) -> Response:
-        return JSONResponse(asdict(jobs.get(request.path_params["id"])))
+        return JSONResponse(described(jobs.get(request.path_params["id"])))
 
     async def start_job(request: Request) -> Response:
         try:
@@ -174,10 +179,13 @@ def create_app(settings: Settings) -> Guard:
         if not isinstance(name, str) or not isinstance(values, dict):
             raise Refused(400, "'command' must be a command's name and 'options' an object")
         job = await run_in_threadpool(jobs.submit, name, values, probe)
-        return JSONResponse(asdict(job), 201)
+        return JSONResponse(described(job), 201)
 
     async def cancel_job(request: Request) -> Response:
-        return JSONResponse(asdict(jobs.cancel(request.path_params["id"])))
+        return JSONResponse(described(jobs.cancel(request.path_params["id"])))
+
+    async def resume_job(request: Request) -> Response:
+        return JSONResponse(described(await run_in_threadpool(jobs.resume, request.path_params["id"])))
 
     async def job_report(request: Request) -> Response:
         job = jobs.get(request.path_params["id"])
@@ -203,6 +211,7 @@ def create_app(settings: Settings) -> Guard:
         Route("/files/{path:path}", answers(files)), Route("/api/probe-check", answers(probe_check), methods=["POST"]),
         Route("/api/jobs", answers(list_jobs)), Route("/api/jobs", answers(start_job), methods=["POST"]),
         Route("/api/jobs/{id}", answers(get_job)), Route("/api/jobs/{id}/cancel", answers(cancel_job), methods=["POST"]),
+        Route("/api/jobs/{id}/resume", answers(resume_job), methods=["POST"]),
         Route("/api/jobs/{id}/events", answers(job_events)), Route("/api/jobs/{id}/report", answers(job_report)),
     ]
     return Guard(Starlette(routes=routes, lifespan=lifespan), settings)
@@ -223,7 +232,8 @@ async def _body(request: Request, limit: int) -> bytes:
 
 async def _event_stream(path: Path, after: int) -> AsyncIterator[str]:
     """Server-sent events from a job's events.jsonl, each line an event numbered by its place in
-    the file, from ``after + 1``; follows the file until its Ended line, then an ``end`` event."""
+    the file, from ``after + 1``; follows the file until an Ended line that nothing follows (a
+    resumed job's events go on after its earlier Ended), then an ``end`` event."""
     yield "retry: 2000\n\n"
     offset, index, pending, quiet = 0, 0, b"", 0.0
     while True:
@@ -235,11 +245,11 @@ async def _event_stream(path: Path, after: int) -> AsyncIterator[str]:
             data = b""
         offset += len(data)
         *lines, pending = (pending + data).split(b"\n")
-        for line in lines:
+        for number, line in enumerate(lines, start=1):
             if index > after:
                 yield f"id: {index}\ndata: {line.decode('utf-8', errors='replace')}\n\n"
             index += 1
-            if line.startswith(ENDED_PREFIX.encode()):
+            if line.startswith(ENDED_PREFIX.encode()) and number == len(lines) and not pending:
                 yield "event: end\ndata: {}\n\n"
                 return
         if lines:

@@ -21,7 +21,11 @@ from neuro_scan.errors import UsageError
 from neuro_scan.session import ScanOptions
 
 MAX_PROBE_BYTES = 4 * 2**20  # an uploaded probe file
-SET_BY_SERVER = ("output", "custom_probe", "resume")  # the job's folder, new; the uploaded probe file
+SET_BY_SERVER = {  # what the server sets, and why
+    "output": "each job has a new folder of its own",
+    "custom_probe": "upload the probe file",
+    "resume": "each job has a new folder of its own; an interrupted job is resumed by its Resume button",
+}
 TYPES = {int: "int", float: "float", str: "str", bool: "bool"}
 
 
@@ -76,8 +80,7 @@ def coerce(spec: CommandSpec, values: dict) -> dict:
     out = {}
     for name, value in values.items():
         if name in SET_BY_SERVER:
-            raise UsageError(f"{flag(name)}: set by the server (each job has a new folder of its own, so nothing to "
-                             "resume; a probe file is uploaded)")
+            raise UsageError(f"{flag(name)}: set by the server ({SET_BY_SERVER[name]})")
         if name not in known:
             out[name] = value
             continue

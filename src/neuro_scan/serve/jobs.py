@@ -6,7 +6,10 @@ folder) and three of the server's: ``job.json`` (the command, its options and th
 worker's output); an uploaded probe file is kept in ``upload/``.
 
 States: queued -> running -> finished | failed | interrupted; a queued job cancelled is
-cancelled. Jobs that run a model run one at a time per device (their ``--device``; ``auto`` as
+cancelled. An interrupted, cancelled or failed job whose folder holds the journal of its scan
+(:mod:`neuro_scan.journal`) can be resumed (:meth:`Jobs.resume`): the same job, queued again in
+its folder with its options and ``--resume``, so the scan continues where it stopped; its events
+go on in the same ``events.jsonl`` after a ``Resumed`` line. Jobs that run a model run one at a time per device (their ``--device``; ``auto`` as
 the runner resolves it on this machine), the rest wait in the order they came: two jobs on
 different devices run together, two on the same one queue (``compare`` runs at once: it loads
 no model; :func:`to_start`). Each runs in a child process (:mod:`.worker`) in
@@ -31,11 +34,13 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from neuro_scan.api import options as command_options
 from neuro_scan.errors import UsageError
+from neuro_scan.journal import JOURNAL_FILE
 from neuro_scan.report.files import json_bytes, write_bytes
 from neuro_scan.runner import check as check_run
 from neuro_scan.serve import forms
@@ -45,6 +50,8 @@ from neuro_scan.serve.worker import EVENTS_FILE, JOB_FILE
 JOBS_FOLDER = "jobs"
 TICK_SECONDS = 0.1  # how often the scheduler looks at its workers
 ENDED_PREFIX = '{"event": "Ended"'
+RESUMABLE = ("interrupted", "cancelled", "failed")  # with a journal in the folder
+WORKER_EXIT_SECONDS = 10  # how long a resume waits for the worker that wrote Ended to exit
 
 
 @dataclass
@@ -61,6 +68,7 @@ class Job:
     message: str | None = None  # why it failed, or what an interrupted one left
     dashboard: str | None = None  # its page, relative to the results folder, once finished
     device: str | None = None  # the device its model runs on (None: it loads no model)
+    resumed: int = 0  # how many times it was resumed
 
 
 def _now(timespec: str = "seconds") -> str:
@@ -187,14 +195,48 @@ class Jobs:
         with self.lock:
             job = self.get(job_id)
             if job.state == "queued":
-                _append_event(self.folder(job), {"event": "Ended", "state": "cancelled",
-                                                 "message": "cancelled before it started; nothing was written"})
+                left = (f"cancelled before it resumed; {self.folder(job)} keeps what its earlier run left" if job.resumed
+                        else "cancelled before it started; nothing was written")
+                _append_event(self.folder(job), {"event": "Ended", "state": "cancelled", "message": left})
                 self._finish(job, None)
             elif job.state == "running":
                 _interrupt(job.pid)
             else:
                 raise Refused(409, f"job {job_id} has already ended ({job.state})")
             return job
+
+    def resumable(self, job: Job) -> bool:
+        return job.state in RESUMABLE and (self.folder(job) / JOURNAL_FILE).is_file()
+
+    def resume(self, job_id: str) -> Job:
+        """Queue an interrupted, cancelled or failed job again: the same job in its folder, with its
+        options and ``--resume``, so its scan continues from the journal there. Refused (409) for a
+        job in another state or without a journal; the run's checks (the CLI's line) before it queues."""
+        job = self.get(job_id)
+        folder = self.folder(job)
+        deadline = time.monotonic() + WORKER_EXIT_SECONDS  # a worker exits just after writing its Ended line
+        while _is_worker(job.pid, folder) and time.monotonic() < deadline:
+            time.sleep(TICK_SECONDS)
+        options = {**job.options, "resume": True}
+        self._check_resumable(job)
+        check_run(job.command, command_options(job.command, **options))  # e.g. a journal of other inputs
+        with self.lock:
+            self._check_resumable(job)  # still: another request may have resumed it meanwhile
+            _append_event(folder, {"event": "Resumed", "message": f"resumed: queued again to continue the scan "
+                                                                   f"journalled in {folder / JOURNAL_FILE}"})
+            job.options, job.state, job.resumed = options, "queued", job.resumed + 1
+            job.pid = job.started_at = job.ended_at = job.message = job.dashboard = None
+            self._save(job)
+            return job
+
+    def _check_resumable(self, job: Job) -> None:
+        if job.state not in RESUMABLE:
+            raise Refused(409, f"job {job.id} is {job.state}: only an interrupted, cancelled or failed job can be resumed")
+        if not self.resumable(job):
+            raise Refused(409, f"job {job.id} cannot be resumed: its folder has no journal of scored configurations "
+                               f"({JOURNAL_FILE}) to continue from; start it again from the form")
+        if _is_worker(job.pid, self.folder(job)):
+            raise Refused(409, f"job {job.id} cannot be resumed yet: its worker (pid {job.pid}) is still stopping")
 
     def device(self, option: str) -> str:
         """The device a job's ``--device`` runs on: the name itself, or for ``auto`` the one the
@@ -327,8 +369,10 @@ def _recover(folder: Path) -> str:
         prepare_output_dir(folder)
     except UsageError as error:
         return f"its folder could not be checked: {error}"
-    return (f"{folder} holds what it had finished" if (folder / MANIFEST_FILE).exists()
-            else f"nothing was written to {folder}")
+    held = f"{folder} holds what it had finished" if (folder / MANIFEST_FILE).exists() else f"nothing was written to {folder}"
+    if (folder / JOURNAL_FILE).is_file():
+        held += f"; the configurations it scored are journalled in {folder / JOURNAL_FILE}: resume the job to continue"
+    return held
 
 
 def _is_worker(pid: int | None, folder: Path) -> bool:

@@ -218,6 +218,7 @@ async function showJobs() {
       cell(row, (job.started_at || "").replace("T", " "));
       cell(row, (job.ended_at || "").replace("T", " "));
       cell(row, job.message || "", "hint");
+      cell(row, job.resumable ? resumeButton(job.id) : "");
     }
   };
   await draw();
@@ -225,7 +226,25 @@ async function showJobs() {
   leaveView = () => clearInterval(timer);
 }
 
-// One job, live: its events as they arrive (a reload replays them from the first).
+// Resume: an interrupted (cancelled, failed) job queued again in its folder, continuing from its journal.
+
+function resumeButton(id) {
+  const button = document.createElement("button");
+  button.textContent = "Resume";
+  button.className = "resume";
+  button.onclick = () => resumeJob(id);
+  return button;
+}
+
+async function resumeJob(id) {
+  try {
+    await post(`/api/jobs/${id}/resume`, {});
+    if (location.hash === `#job/${id}`) await route(); else location.hash = `#job/${id}`;  // its events from the first
+  } catch (error) { showProblem(error); }
+}
+
+// One job, live: its events as they arrive (a reload replays them from the first; a resumed job's
+// go on after its first end).
 
 async function showJob(id) {
   for (const element of ["job-charts", "job-log"]) $(element).replaceChildren();
@@ -239,6 +258,7 @@ async function showJob(id) {
   $("job-title").textContent = job.title;
   setState(job.state);
   $("job-cancel").onclick = () => post(`/api/jobs/${id}/cancel`, {}).catch(showProblem);
+  $("job-resume").onclick = () => resumeJob(id);
   const live = new LiveJob(id);
   const source = new EventSource(`/api/jobs/${id}/events`);
   source.onmessage = (message) => live.handle(JSON.parse(message.data));
@@ -250,6 +270,7 @@ function setState(state) {
   $("job-state").textContent = state;
   $("job-state").className = `state ${state}`;
   $("job-cancel").hidden = !["queued", "running"].includes(state);
+  $("job-resume").hidden = true;  // shown by LiveJob.ended when the server says the job can be resumed
 }
 
 class LiveJob {
@@ -295,6 +316,13 @@ class LiveJob {
       this.log(`wrote ${event.written.length} files`);
     } else if (kind === "Ended") {
       this.ended(event);
+    } else if (kind === "Resumed") {
+      this.log(event.message);
+      setState("queued");
+      this.phase = null;
+      $("job-progress").hidden = false;
+      $("job-message").textContent = "";
+      $("job-frame").hidden = true;
     }
   }
 
@@ -360,6 +388,9 @@ class LiveJob {
     setState(event.state);
     $("job-progress").hidden = true;
     $("job-message").textContent = event.message || "";
+    api(`/api/jobs/${this.id}`).then((job) => {  // as the server has it now: a replayed end may since have been resumed
+      $("job-resume").hidden = !(job.resumable && $("job-state").textContent === job.state);
+    }).catch(showProblem);
     for (const [phase, error] of Object.entries(event.failed_phases || {})) this.log(`the ${phase} phase failed: ${error}`, "warning");
     for (const note of event.notes || []) this.log(note);
     if (event.dashboard) {  // the dashboard the run wrote, from the job's own folder
