@@ -169,3 +169,33 @@ def test_a_bad_probe_file_is_refused_in_the_page(browser, server, tmp_path):
     assert problem.text == "error: probe file bad.json: field 'samples' must be a non-empty list"
     assert browser.find_element(By.ID, "scan-probe-file").get_attribute("value") == ""
     assert {path.name for path in (server.results / "jobs").glob("*")} == before
+
+
+def test_an_interrupted_job_is_resumed_from_its_page(browser, server):
+    """A head ablation cancelled once its journal holds some configurations: its page offers Resume,
+    which continues it in its folder to the end; the page then replays its events from the first."""
+    from serve_process import resume, wait_for_sigint
+    from test_serve_resume import HEADS, paused_with_a_journal
+
+    browser.get_log("browser")  # the earlier tests' entries (a refused probe upload) are theirs
+    job = server.start("ablate", **HEADS)
+    worker = paused_with_a_journal(server, job)
+    assert server.json("POST", f"/api/jobs/{job['id']}/cancel")[0] == 200
+    wait_for_sigint(worker)
+    resume(worker)
+    assert server.finish(job["id"])[-1]["state"] == "interrupted"
+    browser.get(server.url + f"#job/{job['id']}")
+    button = browser.find_element(By.ID, "job-resume")
+    wait(browser, lambda: state(browser) == "interrupted" and button.is_displayed(), "the Resume button")
+    button.click()
+    wait(browser, lambda: state(browser) in ("queued", "running"), "the resumed job")
+    assert not button.is_displayed()
+    wait(browser, lambda: state(browser) in ("finished", "failed", "interrupted"), "the resumed job's end")
+    assert state(browser) == "finished", js(browser, "document.getElementById('job-message').textContent")
+    wait(browser, lambda: dashboard_drawn(browser, 1), "the resumed job's page")
+    log = js(browser, "document.getElementById('job-log').textContent")
+    assert "resumed: queued again" in log and "configurations already scored are not run again" in log
+    assert not button.is_displayed()
+    browser.save_screenshot(str(ARTIFACTS / "serve-resumed.png"))
+    problems = [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]
+    assert not problems, problems

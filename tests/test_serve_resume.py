@@ -8,7 +8,6 @@ resumed are refused with a 4xx and their one line, and nothing changes."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +41,7 @@ def uninterrupted(tmp_path_factory) -> dict:
     """The report of the same scan run whole by the CLI."""
     folder = tmp_path_factory.mktemp("cli") / "whole"
     done = subprocess.run([sys.executable, "-m", "neuro_scan.cli", *CLI, "-o", str(folder)], capture_output=True,
-                          text=True)
+                          text=True, check=False)
     assert done.returncode == 0, done.stderr
     return report(folder, REPORT)
 
@@ -59,6 +58,9 @@ def paused_with_a_journal(server: Server, job: dict, entries: int = 2) -> int:
     until(lambda: journalled(folder) >= entries, f"{entries} configurations in the journal of job {job['id']}")
     worker = server.job(job["id"])["pid"]
     pause(worker)
+    # stopped for sure before anything else is sent: a thread still in a system call (the journal's
+    # fsync) when SIGSTOP came would take a SIGINT sent meanwhile first (the lower number), not leave it pending
+    until(lambda: Path(f"/proc/{worker}/stat").read_text().rpartition(")")[2].split()[0] == "T", "the worker to stop")
     return worker
 
 
@@ -149,6 +151,7 @@ def test_resuming_is_refused_unless_the_job_stopped_with_a_journal(server):
                                                  f"scored configurations ({JOURNAL_FILE}) to continue from; start it "
                                                  "again from the form")
     assert server.finish(running["id"])[-1]["state"] == "finished"
+    assert server.job(running["id"])["state"] == "finished"  # recorded so in its job.json
     folder = server.results / "jobs" / running["id"]
     before = {path.name: path.read_bytes() for path in folder.iterdir()}
     status, answer = server.json("POST", f"/api/jobs/{running['id']}/resume")

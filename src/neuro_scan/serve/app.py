@@ -13,7 +13,8 @@ Routes (JSON unless said otherwise; errors are ``{"error": one line}`` with a 4x
   (an interrupted, cancelled or failed job with a journal, queued again in its folder: :meth:`Jobs.resume`);
   a job comes with ``resumable``;
 - ``GET /api/jobs/ID/events``: the job's events as server-sent events, from the first (or after
-  ``Last-Event-ID``) to its end (an Ended line that nothing follows); ``GET /api/jobs/ID/report``: its main report as written so far.
+  ``Last-Event-ID``) to its end (an Ended line that nothing follows); ``GET /api/jobs/ID/report``: its
+  main report as written so far (``null`` while there is none).
 """
 
 from __future__ import annotations
@@ -191,8 +192,8 @@ def create_app(settings: Settings) -> Guard:
         job = jobs.get(request.path_params["id"])
         prefix = f"jobs/{job.id}/"
         found = [e for e in await run_in_threadpool(catalog.reports) if e.path.startswith(prefix) and e.command == job.command]
-        if not found:
-            raise Refused(404, f"job {job.id} has written no report yet")
+        if not found:  # none yet, or none the reader reads (a head ablation's components.json): nothing to draw
+            return JSONResponse(None, headers={"cache-control": "no-store"})
         main = min(found, key=lambda e: e.dashboard is None)  # the document with a page of its own
         return FileResponse(confine(settings.results, main.path), headers={"cache-control": "no-store"})
 

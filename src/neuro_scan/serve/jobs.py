@@ -9,11 +9,13 @@ States: queued -> running -> finished | failed | interrupted; a queued job cance
 cancelled. An interrupted, cancelled or failed job whose folder holds the journal of its scan
 (:mod:`neuro_scan.journal`) can be resumed (:meth:`Jobs.resume`): the same job, queued again in
 its folder with its options and ``--resume``, so the scan continues where it stopped; its events
-go on in the same ``events.jsonl`` after a ``Resumed`` line. Jobs that run a model run one at a time per device (their ``--device``; ``auto`` as
-the runner resolves it on this machine), the rest wait in the order they came: two jobs on
-different devices run together, two on the same one queue (``compare`` runs at once: it loads
-no model; :func:`to_start`). Each runs in a child process (:mod:`.worker`) in
-a session of its own: cancelling, or stopping the server, sends it SIGINT once, so the runner
+go on in the same ``events.jsonl`` after a ``Resumed`` line.
+
+Jobs that run a model run one at a time per device (their ``--device``; ``auto`` as the
+runner resolves it on this machine), the rest wait in the order they came (a resumed job keeps
+its place): two jobs on different devices run together, two on the same one queue (``compare``
+runs at once: it loads no model; :func:`to_start`). Each runs in a child process (:mod:`.worker`)
+in a session of its own: cancelling, or stopping the server, sends it SIGINT once, so the runner
 leaves the folder as the CLI's Ctrl-C does; a server that is killed leaves its workers running.
 
 Everything is on disk, so a reloaded page and a restarted server see the same jobs: on start, a
@@ -195,8 +197,8 @@ class Jobs:
         with self.lock:
             job = self.get(job_id)
             if job.state == "queued":
-                left = (f"cancelled before it resumed; {self.folder(job)} keeps what its earlier run left" if job.resumed
-                        else "cancelled before it started; nothing was written")
+                left = (f"cancelled before it resumed; {self.folder(job)} keeps what its earlier run left"
+                        if job.resumed else "cancelled before it started; nothing was written")
                 _append_event(self.folder(job), {"event": "Ended", "state": "cancelled", "message": left})
                 self._finish(job, None)
             elif job.state == "running":
@@ -231,7 +233,8 @@ class Jobs:
 
     def _check_resumable(self, job: Job) -> None:
         if job.state not in RESUMABLE:
-            raise Refused(409, f"job {job.id} is {job.state}: only an interrupted, cancelled or failed job can be resumed")
+            raise Refused(409, f"job {job.id} is {job.state}: only an interrupted, cancelled or failed job "
+                               "can be resumed")
         if not self.resumable(job):
             raise Refused(409, f"job {job.id} cannot be resumed: its folder has no journal of scored configurations "
                                f"({JOURNAL_FILE}) to continue from; start it again from the form")
@@ -369,7 +372,8 @@ def _recover(folder: Path) -> str:
         prepare_output_dir(folder)
     except UsageError as error:
         return f"its folder could not be checked: {error}"
-    held = f"{folder} holds what it had finished" if (folder / MANIFEST_FILE).exists() else f"nothing was written to {folder}"
+    held = (f"{folder} holds what it had finished" if (folder / MANIFEST_FILE).exists()
+            else f"nothing was written to {folder}")
     if (folder / JOURNAL_FILE).is_file():
         held += f"; the configurations it scored are journalled in {folder / JOURNAL_FILE}: resume the job to continue"
     return held

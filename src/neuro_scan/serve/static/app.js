@@ -367,6 +367,7 @@ class LiveJob {
   async readReport() {  // what the run has written so far: the intervals, the lens
     let report;
     try { report = await api(`/api/jobs/${this.id}/report`); } catch (error) { return; }
+    if (!report) return;  // none written yet, or none the page can read
     for (const row of report.ablation_results || []) if (row.score_delta_ci) this.intervals[row.layer_idx] = row.score_delta_ci;
     for (const phase of Object.keys(this.scored)) this.draw(phase);
     const trajectory = report.logit_lens_trajectory || [];
