@@ -193,6 +193,7 @@ def test_an_interrupted_job_is_resumed_from_its_page(browser, server):
     wait(browser, lambda: state(browser) in ("finished", "failed", "interrupted"), "the resumed job's end")
     assert state(browser) == "finished", js(browser, "document.getElementById('job-message').textContent")
     wait(browser, lambda: dashboard_drawn(browser, 1), "the resumed job's page")
+    assert not browser.find_element(By.ID, "job-progress").is_displayed()
     log = js(browser, "document.getElementById('job-log').textContent")
     assert "resumed: queued again" in log and "configurations already scored are not run again" in log
     assert not button.is_displayed()
