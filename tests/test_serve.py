@@ -19,6 +19,7 @@ pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip ins
 from serve_process import Server, pause, resume, wait_for_sigint
 
 from neuro_scan.backend.loading import resolve_device
+from neuro_scan.journal import JOURNAL_FILE
 from neuro_scan.report.read import read_report
 from neuro_scan.serve.settings import make_settings
 
@@ -326,8 +327,11 @@ def test_a_restarted_server_tells_what_became_of_its_jobs(tmp_path):
         third.stop()
     record = json.loads((tmp_path / "jobs" / stopped["id"] / "job.json").read_text())
     folder = tmp_path / "jobs" / stopped["id"]
-    assert (record["state"], record["message"]) == (
-        "interrupted", f"interrupted: neuro-scan ablate stopped; nothing was written to {folder}")
+    expected = f"interrupted: neuro-scan ablate stopped; nothing was written to {folder}"
+    if (folder / JOURNAL_FILE).exists():  # Ctrl-C came after its first configuration was journalled
+        expected += (f"; the configurations it scored are journalled in {folder / JOURNAL_FILE}: run the same command "
+                     "again (or with --resume) to continue")
+    assert (record["state"], record["message"]) == ("interrupted", expected)
 
 
 def test_with_a_token_every_request_needs_it(tmp_path):
