@@ -151,8 +151,16 @@ class Server:
 
 
 def pause(pid: int) -> None:
-    """SIGSTOP a worker: it stays alive and does nothing until :func:`resume` (no race with its work)."""
+    """SIGSTOP a worker and wait until it is stopped: it stays alive and does nothing until
+    :func:`resume` (no race with its work). Waiting matters: a thread still in a system call (the
+    journal's fsync) when SIGSTOP came would take a SIGINT sent meanwhile first (the lower number)
+    instead of leaving it pending."""
     os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + START_SECONDS
+    while Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "T":
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} did not stop")
+        time.sleep(0.01)
 
 
 def resume(pid: int) -> None:
