@@ -69,7 +69,7 @@ def resumed_to_the_end(server: Server, job: dict, first: list[dict], uninterrupt
     """Resume the stopped job through the endpoint and check what it did -> the events after its first end."""
     folder = server.results / "jobs" / job["id"]
     kept = journalled(folder)
-    assert 2 <= kept < 16
+    assert 2 <= kept <= 16  # 16 heads: on a busy machine the stop can come after the last one, before the report
     status, queued = server.json("POST", f"/api/jobs/{job['id']}/resume")
     assert status == 200, queued
     assert (queued["id"], queued["state"], queued["resumed"], queued["resumable"]) == (job["id"], "queued", 1, False)
