@@ -30,15 +30,10 @@ class ProbeScore:
     expected_digit: float | None
 
 
-@dataclass
-class LayerAblation:
-    layer: int
-    score: float
-    damage: Interval  # baseline - ablated, paired over samples; p-values adjusted across the layers
-    accuracy: float
-    accuracy_drop: Interval
-    log_odds: float
-    expected_digit: float | None
+class DamageVerdict:
+    """What a removal's ``damage`` interval says, for every kind of removal (layers, components)."""
+
+    damage: Interval
 
     @property
     def significant_damage(self) -> bool:
@@ -50,8 +45,19 @@ class LayerAblation:
 
     @property
     def significant(self) -> bool:
-        """Removing the layer changes the score significantly, either way."""
+        """Removing it changes the score significantly, either way."""
         return self.significant_damage or self.significant_gain
+
+
+@dataclass
+class LayerAblation(DamageVerdict):
+    layer: int
+    score: float
+    damage: Interval  # baseline - ablated, paired over samples; p-values adjusted across the layers
+    accuracy: float
+    accuracy_drop: Interval
+    log_odds: float
+    expected_digit: float | None
 
 
 @dataclass

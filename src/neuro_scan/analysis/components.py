@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from neuro_scan.analysis.ablation import ProbeScore, summarize
+from neuro_scan.analysis.ablation import DamageVerdict, ProbeScore, summarize
 from neuro_scan.backend.base import ABLATIONS, Target
 from neuro_scan.engine import Engine, Progress
 from neuro_scan.errors import UsageError
@@ -50,20 +50,12 @@ def check_choices(granularity: str, ablation: str) -> None:
 
 
 @dataclass
-class ComponentAblation:
+class ComponentAblation(DamageVerdict):
     target: Target
     score: float  # mean answer log-prob with the component removed
     damage: Interval  # baseline - ablated, paired over samples; p-values adjusted across the scan
     accuracy: float
     accuracy_drop: Interval
-
-    @property
-    def significant_damage(self) -> bool:
-        return self.damage.significant and self.damage.mean > 0
-
-    @property
-    def significant_gain(self) -> bool:
-        return self.damage.significant and self.damage.mean < 0
 
 
 @dataclass
